@@ -1,0 +1,278 @@
+"""Unit tests of the perf gate on synthetic samples (no GPU): seeded lognormal noise within a session,
+process-wide speed factors between sessions."""
+
+import math
+import random
+import statistics
+
+import pytest
+
+from perf import gate
+from perf.gate import (
+    DEVICE,
+    HOST,
+    IMPROVED,
+    MEMORY_OK,
+    MEMORY_REGRESSED,
+    MISSING,
+    NEW,
+    REGRESSED,
+    TOO_NOISY,
+    WITHIN_NOISE,
+    Session,
+    calibrate_bands,
+    format_table,
+    gate_failed,
+    judge,
+    too_noisy,
+)
+
+SEEDS = range(20)
+N = 20  # samples per benchmark per session
+BENCH = 0.050  # true median time of the benchmark, seconds
+PROBE = 0.020  # true median time of the host probe, seconds
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def draw(rng: random.Random, median: float, sigma: float = 0.015, n: int = N) -> list[float]:
+    """Samples of one session: lognormal noise of `sigma` around `median`."""
+    return [median * math.exp(rng.gauss(0.0, sigma)) for _ in range(n)]
+
+
+def host_session(rng: random.Random, slowdown: float, process: float) -> tuple[list[float], float]:
+    """A host-class benchmark and the probe median of one session. `process` slows the whole process (both),
+    `slowdown` only the benchmark; the probe tracks the process to within ~1%, not exactly."""
+    residual = math.exp(rng.gauss(0.0, 0.01))
+    samples = draw(rng, BENCH * slowdown * process * residual)
+    return samples, statistics.median(draw(rng, PROBE * process))
+
+
+def judge_pair(seed: int, klass: str, slowdown: float, **kwargs) -> gate.Verdict:
+    """Baseline and current session of one benchmark, current `slowdown` x slower (1.0: unchanged tree)."""
+    rng = random.Random(seed)
+    if klass == HOST:
+        # Separate processes: each is anywhere from 30% faster to 50% slower than nominal.
+        base, base_probe = host_session(rng, 1.0, rng.uniform(0.7, 1.5))
+        cur, cur_probe = host_session(rng, slowdown, rng.uniform(0.7, 1.5))
+        return judge("b", base, cur, klass=HOST, base_probe=base_probe, cur_probe=cur_probe, **kwargs)
+    # CUDA-graph loops: small session-to-session jitter on top of the sample noise.
+    base = draw(rng, BENCH * math.exp(rng.gauss(0.0, 0.005)), sigma=0.01)
+    cur = draw(rng, BENCH * slowdown * math.exp(rng.gauss(0.0, 0.005)), sigma=0.01)
+    return judge("b", base, cur, klass=DEVICE, **kwargs)
+
+
+def statuses(klass: str, slowdown: float, **kwargs) -> list[str]:
+    return [judge_pair(seed, klass, slowdown, **kwargs).status for seed in SEEDS]
+
+
+@pytest.mark.parametrize("klass", [DEVICE, HOST])
+def test_unchanged_tree_raises_no_alarm(klass: str) -> None:
+    assert statuses(klass, 1.0) == [WITHIN_NOISE] * len(SEEDS)
+
+
+@pytest.mark.parametrize("klass", [DEVICE, HOST])
+def test_ten_percent_slowdown_is_flagged_every_time(klass: str) -> None:
+    assert statuses(klass, 1.10) == [REGRESSED] * len(SEEDS)
+
+
+@pytest.mark.parametrize("band", [None, gate.BAND_FLOOR[DEVICE]])
+def test_five_percent_slowdown_of_a_device_benchmark_is_flagged(band: float | None) -> None:
+    assert statuses(DEVICE, 1.05, band=band) == [REGRESSED] * len(SEEDS)
+
+
+@pytest.mark.parametrize("klass", [DEVICE, HOST])
+def test_ten_percent_speedup_is_improved(klass: str) -> None:
+    assert statuses(klass, 1 / 1.10) == [IMPROVED] * len(SEEDS)
+
+
+def _process_slowdown_case(seed: int) -> tuple[list[float], float, list[float], float]:
+    """Same code, but the current process is 40% slower: benchmark and probe both slow down."""
+    rng = random.Random(seed)
+    base, base_probe = host_session(rng, 1.0, 1.0)
+    cur, cur_probe = host_session(rng, 1.0, 1.4)
+    return base, base_probe, cur, cur_probe
+
+
+def test_process_wide_slowdown_is_cancelled_by_the_probe() -> None:
+    for seed in SEEDS:
+        base, base_probe, cur, cur_probe = _process_slowdown_case(seed)
+        v = judge("eager", base, cur, klass=HOST, base_probe=base_probe, cur_probe=cur_probe)
+        assert v.status == WITHIN_NOISE, v.summary()
+        assert abs(v.ratio - 1) < 0.05
+
+
+def test_without_probe_normalisation_the_process_slowdown_would_be_flagged() -> None:
+    # Why host benchmarks need the probe: judged on absolute time the same data reads as a 40% regression.
+    for seed in SEEDS:
+        base, _, cur, _ = _process_slowdown_case(seed)
+        v = judge("eager", base, cur, klass=DEVICE)
+        assert v.status == REGRESSED, v.summary()
+        assert v.ratio > 1.3
+
+
+@pytest.mark.parametrize("factor, klass", [(1.1, DEVICE), (0.9, DEVICE), (1.1, HOST), (0.9, HOST)])
+def test_shift_beyond_band_but_unresolved_by_samples_is_within_noise(factor: float, klass: str) -> None:
+    # r is 10% off (beyond any default band), but three wildly spread samples cannot tell: the CI spans 1.
+    base = [1.0, 1.5, 2.0]
+    cur = [t * factor for t in base]
+    v = judge("b", base, cur, klass=klass, base_probe=1.0, cur_probe=1.0)
+    assert v.ci_low < 1 < v.ci_high
+    assert v.status == WITHIN_NOISE, v.summary()
+
+
+def test_verdict_is_reproducible_for_a_seed() -> None:
+    rng = random.Random(7)
+    base, cur = draw(rng, BENCH, sigma=0.05), draw(rng, BENCH * 1.02, sigma=0.05)
+    assert judge("b", base, cur, klass=DEVICE, seed=3) == judge("b", base, cur, klass=DEVICE, seed=3)
+
+
+@pytest.mark.parametrize(
+    "base_mem, cur_mem, expected",
+    [
+        (2 * GIB, int(2 * GIB * 1.10), MEMORY_REGRESSED),  # +10%
+        (2 * GIB, int(2 * GIB * 1.02), MEMORY_OK),  # +2%: below MEMORY_SHARE
+        (4 * MIB, int(4.8 * MIB), MEMORY_OK),  # +20% but under 1 MiB: allocator rounding
+        (4 * MIB, 6 * MIB, MEMORY_REGRESSED),  # +50% and 2 MiB
+        (2 * GIB, GIB, MEMORY_OK),  # less memory is never a regression
+    ],
+)
+def test_peak_memory_rise_is_judged_separately_from_time(base_mem: int, cur_mem: int, expected: str) -> None:
+    v = judge_pair(0, DEVICE, 1.0, base_mem=base_mem, cur_mem=cur_mem)
+    assert v.status == WITHIN_NOISE
+    assert v.memory_status == expected
+    assert gate_failed([v]) is (expected == MEMORY_REGRESSED)
+
+
+def test_time_and_memory_can_both_regress() -> None:
+    v = judge_pair(0, HOST, 1.10, base_mem=GIB, cur_mem=2 * GIB)
+    assert (v.status, v.memory_status) == (REGRESSED, MEMORY_REGRESSED)
+    assert f"{REGRESSED}; {MEMORY_REGRESSED}" in format_table([v])
+
+
+def test_gate_fails_only_on_regressions() -> None:
+    quiet = [judge_pair(0, DEVICE, 1.0), judge_pair(0, HOST, 1 / 1.1), judge("n", None, [1.0], klass=DEVICE)]
+    assert not gate_failed(quiet)
+    assert gate_failed([*quiet, judge_pair(0, DEVICE, 1.10)])
+
+
+def test_new_and_missing() -> None:
+    assert judge("b", None, [1.0], klass=DEVICE).status == NEW
+    assert judge("b", [1.0], None, klass=HOST).status == MISSING  # no probe needed: nothing to compare
+
+
+# --- calibration ---------------------------------------------------------------------------------------
+
+
+def _sessions(medians: list[float], probes: list[float] | None = None) -> list[Session]:
+    """Sessions whose benchmark "b" has exactly these medians (constant samples: no sampling noise)."""
+    probes = probes or [None] * len(medians)
+    return [Session({"b": [m] * 5}, probe=p) for m, p in zip(medians, probes, strict=True)]
+
+
+def test_calibrate_quiet_data_gives_the_floor() -> None:
+    rng = random.Random(1)
+    sessions = []
+    for _ in range(5):
+        process = rng.uniform(0.7, 1.5)  # host benchmarks swing with the process; the probe cancels it
+        sessions.append(
+            Session(
+                {"graph": draw(rng, BENCH, sigma=0.01), "eager": draw(rng, BENCH * process, sigma=0.01)},
+                probe=statistics.median(draw(rng, PROBE * process, sigma=0.01)),
+            )
+        )
+    bands = calibrate_bands(sessions, {"graph": DEVICE, "eager": HOST})
+    assert bands == {"graph": gate.BAND_FLOOR[DEVICE], "eager": gate.BAND_FLOOR[HOST]}
+
+
+def test_calibrate_noisy_data_widens_the_band() -> None:
+    # Medians 1.00 / 1.02 / 1.04: widest pair is 4% apart, band = 1.04 ** SAFETY - 1 = 6.1%.
+    bands = calibrate_bands(_sessions([1.00, 1.04, 1.02]), {"b": DEVICE})
+    assert bands["b"] == pytest.approx(1.04**gate.SAFETY - 1)
+    assert gate.BAND_FLOOR[DEVICE] < bands["b"] < gate.BAND_CAP
+    assert too_noisy(bands) == []
+
+
+def test_calibrate_normalises_host_benchmarks_by_their_session_probe() -> None:
+    # Absolute medians differ by 50%, but each session's probe moved by the same factor.
+    bands = calibrate_bands(_sessions([1.0, 1.5, 1.2], probes=[0.4, 0.6, 0.48]), {"b": HOST})
+    assert bands["b"] == gate.BAND_FLOOR[HOST]
+
+
+def test_calibrate_marks_too_noisy_benchmarks_and_judge_reports_them() -> None:
+    bands = calibrate_bands(_sessions([1.0, 1.1]), {"b": DEVICE})
+    assert bands["b"] > gate.BAND_CAP  # not silently capped
+    assert too_noisy(bands) == ["b"]
+    v = judge_pair(0, DEVICE, 1.20, band=bands["b"])
+    assert v.status == TOO_NOISY
+    assert "too noisy to gate" in format_table([v])
+
+
+def test_calibrate_skips_benchmarks_seen_once() -> None:
+    sessions = [Session({"b": [1.0], "only_once": [1.0]}), Session({"b": [1.0]})]
+    assert set(calibrate_bands(sessions, {"b": DEVICE, "only_once": DEVICE})) == {"b"}
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+
+def test_format_table_shows_effect_ci_band_and_memory() -> None:
+    verdicts = [
+        judge("graph", [1.0] * 5, [1.1] * 5, klass=DEVICE, base_mem=GIB, cur_mem=GIB + GIB // 10),
+        judge("eager", [2.0] * 5, [1.8] * 5, klass=HOST, base_probe=1.0, cur_probe=1.0, band=0.025),
+        judge("added", None, [1.0], klass=DEVICE),
+        judge("removed", [1.0], None, klass=DEVICE),
+    ]
+    lines = format_table(verdicts).splitlines()
+    assert lines[0] == "| benchmark | verdict | effect | 95% CI | noise band | memory Δ |"
+    assert lines[2] == (
+        f"| graph | {REGRESSED}; {MEMORY_REGRESSED} | +10.0% | +10.0% .. +10.0% | ±3.0% default band"
+        " | +10.0% (+102.4 MiB) |"
+    )
+    assert lines[3] == "| eager | improved | -10.0% | -10.0% .. -10.0% | ±2.5% stored | - |"
+    assert lines[4] == "| added | new | - | - | - | - |"
+    assert lines[5] == "| removed | missing | - | - | - | - |"
+    assert verdicts[0].summary() == (
+        "graph: regressed +10.0% (95% CI +10.0% .. +10.0%), noise band ±3.0% default band;"
+        " memory +10.0% (+102.4 MiB) regressed (memory)"
+    )
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"base_samples": []}, "baseline samples are empty"),
+        ({"cur_samples": []}, "current samples are empty"),
+        ({"cur_samples": [1.0, 0.0]}, "finite and > 0"),
+        ({"base_samples": [-1.0]}, "finite and > 0"),
+        ({"cur_samples": [math.nan]}, "finite and > 0"),
+        ({"klass": "gpu"}, "unknown benchmark class"),
+        ({"klass": HOST, "base_probe": 1.0}, "host-probe median"),
+        ({"klass": HOST, "base_probe": 0.0, "cur_probe": 1.0}, "host-probe median must be"),
+        ({"band": -0.01}, "noise band"),
+        ({"base_mem": -1, "cur_mem": 1}, "peak memory"),
+        ({"base_samples": None, "cur_samples": None}, "neither"),
+    ],
+)
+def test_judge_rejects_bad_input(kwargs: dict, message: str) -> None:
+    args = {"base_samples": [1.0, 1.1], "cur_samples": [1.0, 1.1], "klass": DEVICE, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        judge("b", args.pop("base_samples"), args.pop("cur_samples"), **args)
+
+
+@pytest.mark.parametrize(
+    "sessions, classes, message",
+    [
+        (_sessions([1.0]), {"b": DEVICE}, ">= 2 sessions"),
+        (_sessions([1.0, 1.0]), {}, "no class given"),
+        (_sessions([1.0, 1.0]), {"b": "gpu"}, "unknown benchmark class"),
+        (_sessions([1.0, 1.0]), {"b": HOST}, "host-probe median"),
+        ([Session({"b": []}), Session({"b": [1.0]})], {"b": DEVICE}, "samples are empty"),
+    ],
+)
+def test_calibrate_rejects_bad_input(sessions: list[Session], classes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        calibrate_bands(sessions, classes)
