@@ -108,10 +108,12 @@ def decode_one_token(model: torch.nn.Module, cache_kwargs: dict, d: Decoding) ->
 @cache
 def compiled_decode_one_token():
     # One compiled function shared by every compiled variant, so they share dynamo's cache of compiled
-    # graphs: a shape is compiled once per process, not once per variant. fullgraph: a graph break would
-    # silently put Python back in the hot loop. Up to 64 (model, batch, length) shapes per process.
+    # graphs. dynamic=True: batch and cache length are symbolic, so a model compiles once per process (plus
+    # once for batch 1, which dynamo specialises) instead of once per grid point; the step is memory-bound
+    # and its matmuls go to cuBLAS either way. CUDA-graph variants still capture one fixed shape.
+    # fullgraph: a graph break would silently put Python back in the hot loop.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(decode_one_token, fullgraph=True, dynamic=False)
+    return torch.compile(decode_one_token, fullgraph=True, dynamic=True)
 
 
 # --- Sessions: the static cache and state buffers a compiled or captured step is bound to ---------------

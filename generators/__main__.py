@@ -1,0 +1,123 @@
+"""The main job: the post's benchmark on the device at hand.
+
+    python -m generators                      # GPU: GPT-2 small, the post's grid; CPU: tiny model, small grid
+    python -m generators --expandable-segments --variants naive,kv_dynamic
+    python -m generators --profile-steps 30:50  # NVTX ranges + an nsys capture window (see profiling.py)
+
+Prints the post's table, checks every variant's tokens against naive, and writes results.json and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# The grids: (batch, max_new_tokens). The post's b=32 x {100, 200, 400} and a batch sweep at 100 tokens.
+CUDA_GRID = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
+CPU_GRID = [(1, 32), (4, 32), (4, 64)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m generators", description=__doc__.split("\n")[0])
+    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--model", help="gpt2-small, tiny-gpt2, tiny-llama or a local directory "
+                                   "(default: gpt2-small on CUDA, tiny-gpt2 on CPU)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--variants", help="comma-separated generator names (default: all that run on the device; "
+                                      "on CPU the compiled ones are left out unless named, they compile per model)")
+    p.add_argument("--grid", help="comma-separated BATCHxTOKENS points, e.g. 32x100,1x100 (default: the post's)")
+    p.add_argument("--reps", type=int, default=3, help="timed generations per point (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed generations first (compile, capture)")
+    p.add_argument("--expandable-segments", action="store_true",
+                   help="PYTORCH_ALLOC_CONF=expandable_segments:True, set before CUDA initialises")
+    p.add_argument("--profile-steps", help="START:STOP decode steps to capture for nsys, with NVTX ranges")
+    p.add_argument("--out", default="out", help="folder for results.json and tokens_per_s.png (default: out)")
+    args = p.parse_args(argv)
+    if args.reps < 1 or args.warmup < 0:
+        p.error("--reps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    try:
+        points = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
+    except ValueError:
+        points = []
+    if not points or any(len(pt) != 2 or min(pt) < 1 for pt in points):
+        raise SystemExit(f"--grid wants BATCHxTOKENS points like 32x100,1x100, got {text!r}")
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.expandable_segments:  # the allocator reads this when CUDA initialises, so before any CUDA call
+        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    import torch
+
+    from . import GENERATORS, bench, models, profiling, report
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda given but torch.cuda.is_available() is False")
+    on_cuda = device.type == "cuda"
+    model_name = args.model or ("gpt2-small" if on_cuda else "tiny-gpt2")
+    grid = parse_grid(args.grid) if args.grid else (CUDA_GRID if on_cuda else CPU_GRID)
+    if args.variants:
+        names = args.variants.split(",")
+        unknown = [n for n in names if n not in GENERATORS]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; known: {', '.join(GENERATORS)}")
+    else:
+        names = [n for n, g in GENERATORS.items() if on_cuda or (not g.requires_cuda and g.execution == "eager")]
+    if "naive" not in names:
+        names.insert(0, "naive")  # the speedup column and the token check are against naive
+    skipped = [n for n in GENERATORS if n not in names]
+
+    model = models.build(model_name, dtype=args.dtype, device=device)
+    info = bench.machine_info(device) | {"model": model_name, "dtype": args.dtype}
+    print("# " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    if skipped:
+        print(f"# not run here: {', '.join(skipped)}" + ("" if on_cuda else " (compile per model; name them "
+              "with --variants to include them, or run on a GPU)"), flush=True)
+
+    profile = profiling.enabled(tuple(int(v) for v in args.profile_steps.split(":"))) if args.profile_steps \
+        else None
+    results, total, start = [], len(grid) * len(names), time.perf_counter()
+    for batch, new_tokens in grid:
+        naive_tokens = None
+        for name in names:
+            done = len(results) + 1
+            print(f"[{done}/{total}] {name:<24} b={batch:<3} n={new_tokens:<4} ", end="", flush=True, file=sys.stderr)
+            if profile is not None:
+                with profile:
+                    m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
+            else:
+                m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
+            if name == "naive":
+                naive_tokens = m.tokens
+            row = m.summary() | {"same_tokens_as_naive": bool(torch.equal(m.tokens, naive_tokens))}
+            results.append(row)
+            print(f"{row['median_ms']:9.1f} ms  (warm-up {m.warmup_s:.1f} s, elapsed "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True, file=sys.stderr)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    report.plot(results, out / "tokens_per_s.png", title=f"{model_name} {args.dtype} on {info.get('gpu', 'cpu')}")
+    print(report.table(results))
+    print(f"\nwrote {out / 'results.json'} and {out / 'tokens_per_s.png'}")
+    mismatched = [f"{r['variant']} b={r['batch']} n={r['max_new_tokens']}" for r in results
+                  if not r["same_tokens_as_naive"]]
+    if mismatched:
+        print(f"TOKENS DIFFER FROM NAIVE: {'; '.join(mismatched)} (run pytest correctness to see if they are "
+              "near-ties)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

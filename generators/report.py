@@ -1,0 +1,43 @@
+"""The main job's outputs: the post's table (markdown) and a tokens/s plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .plot import write_bar_chart
+
+MiB = 2**20
+COLUMNS = ["variant", "batch", "new tokens", "mean ms", "std ms", "min ms", "max ms", "tokens/s", "vs naive",
+           "peak alloc MiB", "reserved MiB", "fragmentation", "same tokens"]
+
+
+def _mib(v: int | None) -> str:
+    return "-" if v is None else f"{v / MiB:,.0f}"
+
+
+def table(results: list[dict]) -> str:
+    """One markdown table, grouped by grid point; speedup is against naive at the same point."""
+    naive = {(r["batch"], r["max_new_tokens"]): r["median_ms"] for r in results if r["variant"] == "naive"}
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in results:
+        base = naive.get((r["batch"], r["max_new_tokens"]))
+        frag = r["fragmentation"]
+        cells = [
+            r["variant"], r["batch"], r["steps"],
+            f"{r['mean_ms']:.1f}", f"{r['std_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
+            f"{r['tokens_per_s']:,.0f}", "-" if base is None else f"{base / r['median_ms']:.2f}x",
+            _mib(r["peak_allocated"]), _mib(r["peak_reserved"]), "-" if frag is None else f"{frag:.1%}",
+            "yes" if r["same_tokens_as_naive"] else "NO",
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    """tokens/s by variant (bars) and grid point (groups), on a log axis: variants span ~100x."""
+    groups = list(dict.fromkeys(f"b={r['batch']} n={r['max_new_tokens']}" for r in results))
+    series: dict[str, list[float | None]] = {}
+    for r in results:
+        values = series.setdefault(r["variant"], [None] * len(groups))
+        values[groups.index(f"b={r['batch']} n={r['max_new_tokens']}")] = r["tokens_per_s"]
+    write_bar_chart(path, title, groups, series, y_label="tokens/s", log_y=True)
