@@ -10,6 +10,7 @@ Prints the post's table, checks every variant's tokens against naive, and writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -86,20 +87,23 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = profiling.enabled(tuple(int(v) for v in args.profile_steps.split(":"))) if args.profile_steps \
         else None
-    results, total, start = [], len(grid) * len(names), time.perf_counter()
+    results, failed, total, start = [], [], len(grid) * len(names), time.perf_counter()
     for batch, new_tokens in grid:
         naive_tokens = None
         for name in names:
             done = len(results) + 1
             print(f"[{done}/{total}] {name:<24} b={batch:<3} n={new_tokens:<4} ", end="", flush=True, file=sys.stderr)
-            if profile is not None:
-                with profile:
+            try:
+                with profile or contextlib.nullcontext():
                     m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
-            else:
-                m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
+            except Exception as e:  # report it and go on: one broken variant must not hide the others' numbers
+                failed.append(f"{name} b={batch} n={new_tokens}: {type(e).__name__}: {e}")
+                print(f"FAILED: {failed[-1]}", flush=True, file=sys.stderr)
+                continue
             if name == "naive":
                 naive_tokens = m.tokens
-            row = m.summary() | {"same_tokens_as_naive": bool(torch.equal(m.tokens, naive_tokens))}
+            same = naive_tokens is not None and torch.equal(m.tokens, naive_tokens)
+            row = m.summary() | {"same_tokens_as_naive": same}
             results.append(row)
             print(f"{row['median_ms']:9.1f} ms  (warm-up {m.warmup_s:.1f} s, elapsed "
                   f"{time.perf_counter() - start:.0f} s)", flush=True, file=sys.stderr)
@@ -112,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {out / 'results.json'} and {out / 'tokens_per_s.png'}")
     mismatched = [f"{r['variant']} b={r['batch']} n={r['max_new_tokens']}" for r in results
                   if not r["same_tokens_as_naive"]]
+    for line in failed:
+        print(f"FAILED: {line}", file=sys.stderr)
     if mismatched:
         print(f"TOKENS DIFFER FROM NAIVE: {'; '.join(mismatched)} (run pytest correctness to see if they are "
               "near-ties)", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if mismatched or failed else 0
 
 
 if __name__ == "__main__":

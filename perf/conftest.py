@@ -1,0 +1,161 @@
+"""The perf suite's plumbing: grids, per-GPU baseline storage, machine_info, and the gate verdict.
+
+Baselines live in perf/baselines/<gpu-model>/ (pytest-benchmark adds its OS/Python folder below), so a run on
+an A100 never compares against an H100's numbers; a baseline recorded on another card is refused by name.
+With --benchmark-compare, every benchmark is judged by perf/gate.py and the session fails on a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from generators import GENERATORS, Generator, bench, models
+
+from . import gate
+
+BASELINES = Path(__file__).parent / "baselines"
+RECORD = "python -m pytest perf --benchmark-save=baseline --benchmark-save-data"
+
+_CUDA_POINTS = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
+_FASTEST = ["cuda_graph", "cuda_graph_deferred", "hf_generate_static"]
+GRIDS = {
+    # (variant, batch, new_tokens, dtype); naive first at every point (the speedup column needs it).
+    "full": [(v, b, n, "float32") for b, n in _CUDA_POINTS for v in GENERATORS]
+    + [(v, 32, 100, "bfloat16") for v in ["naive", *_FASTEST]],
+    "gate": [(v, b, n, "float32") for b, n in [(32, 100), (1, 100)] for v in GENERATORS],
+    "smoke": [(v, b, n, "float32") for b, n in [(2, 8), (4, 16)]
+              for v, g in GENERATORS.items() if not g.requires_cuda and g.execution == "eager"],
+}
+_INJECTED: dict[str, float] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("decode-gate perf")
+    group.addoption("--perf-grid", choices=sorted(GRIDS), help="full (GPU default), gate (2 points), smoke (CPU)")
+    group.addoption("--gate-report", help="write the gate's markdown verdict table to this file")
+    group.addoption("--expandable-segments", action="store_true",
+                    help="run with PYTORCH_ALLOC_CONF=expandable_segments:True (set before CUDA initialises)")
+    group.addoption("--inject-slowdown", metavar="VARIANT:SHARE",
+                    help="TEST ONLY: sleep SHARE x each timed generation of VARIANT, to prove the gate fires")
+
+
+def gpu_slug() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name(0)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--expandable-segments", default=False):
+        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    # Key the storage by GPU model before pytest-benchmark opens it (its own key is only OS/Python).
+    if config.getoption("benchmark_storage", default=None) == "file://./.benchmarks":
+        config.option.benchmark_storage = f"file://{BASELINES / gpu_slug()}"
+    spec = config.getoption("--inject-slowdown", default=None)
+    if spec:
+        variant, _, share = spec.partition(":")
+        if variant not in GENERATORS or not share:
+            raise pytest.UsageError(f"--inject-slowdown wants VARIANT:SHARE with a known variant, got {spec!r}")
+        _INJECTED[variant] = float(share)
+
+
+def grid_for(config: pytest.Config) -> str:
+    return config.getoption("--perf-grid") or ("full" if torch.cuda.is_available() else "smoke")
+
+
+def benchmark_class(gen: Generator) -> str:
+    """CUDA-graph loops are judged on absolute time; launch-bound ones relative to the host probe."""
+    return gate.DEVICE if gen.execution == "cuda_graph" else gate.HOST
+
+
+def inject_delay(benchmark: object, variant: str) -> float:
+    share = _INJECTED.get(variant, 0.0)
+    if share:
+        benchmark.extra_info["injected_slowdown"] = share
+    return share
+
+
+@pytest.fixture(scope="session")
+def models_by_dtype(device: torch.device):
+    """GPT-2 small on CUDA (the post's model), tiny GPT-2 on CPU; built once per dtype."""
+    built: dict[str, torch.nn.Module] = {}
+
+    def get(dtype: str) -> torch.nn.Module:
+        if dtype not in built:
+            built[dtype] = models.build("gpt2-small" if device.type == "cuda" else "tiny-gpt2", dtype=dtype,
+                                        device=device)
+        return built[dtype]
+
+    return get
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    device = torch.device(config.getoption("--device"))
+    machine_info["decode_gate"] = bench.machine_info(device) | {"grid": grid_for(config)}
+
+
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark) -> None:
+    ours = machine_info.get("decode_gate", {}).get("gpu", "cpu")
+    theirs = compared_benchmark["machine_info"].get("decode_gate", {"gpu": "unknown card"}).get("gpu", "cpu")
+    if ours != theirs:
+        raise pytest.UsageError(f"refusing to compare: this run is on {ours!r}, the baseline was recorded on "
+                                f"{theirs!r}. Record a baseline for this card with: {RECORD}")
+
+
+def _session(benchmarks: list[dict]) -> tuple[dict[str, dict], float | None]:
+    by_name = {b["name"]: b for b in benchmarks}
+    probe = next((b for b in benchmarks if b["extra_info"].get("class") == "probe"), None)
+    return by_name, None if probe is None else probe["stats"]["median"]
+
+
+def _verdicts(current: list[dict], baseline: list[dict], bands: dict[str, float]) -> list[gate.Verdict]:
+    cur, cur_probe = _session(current)
+    base, base_probe = _session(baseline)
+    verdicts = []
+    for name in [*cur, *(n for n in base if n not in cur)]:
+        c, b = cur.get(name), base.get(name)
+        klass = (c or b)["extra_info"].get("class")
+        if klass == "probe":
+            continue
+        if b is not None and "data" not in b["stats"]:
+            raise pytest.UsageError(f"the baseline has no raw samples for {name}; record it with: {RECORD}")
+        verdicts.append(gate.judge(
+            name, b and b["stats"]["data"], c and c["stats"]["data"], klass=klass,
+            base_probe=base_probe, cur_probe=cur_probe, band=bands.get(name),
+            base_mem=b and b["extra_info"].get("peak_allocated"), cur_mem=c and c["extra_info"].get("peak_allocated"),
+        ))
+    return verdicts
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is None or not bs.compare or not bs.benchmarks:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not bs.compared_mapping:
+        reporter.write_line(f"\nGATE: no baseline for this card in {bs.storage.path}. Record one on this "
+                            f"GPU with:\n    {RECORD}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    path = sorted(bs.compared_mapping)[-1]  # with --benchmark-compare: the latest saved run
+    baseline = list(bs.compared_mapping[path].values())
+    current = [b.as_dict(include_data=True) for b in bs.benchmarks]
+    bands_file = Path(bs.storage.path) / "bands.json"  # beside the OS/Python folders
+    bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
+    verdicts = _verdicts(current, baseline, bands)
+    report = f"### Perf gate vs {Path(path).name}\n\n{gate.format_table(verdicts)}\n"
+    reporter.write_line("\n" + report)
+    if session.config.getoption("--gate-report"):
+        Path(session.config.getoption("--gate-report")).write_text(report)
+    if gate.gate_failed(verdicts):
+        reporter.write_line("GATE FAILED: see the regressed rows above.", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
