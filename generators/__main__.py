@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but torch.cuda.is_available() is False")
     on_cuda = device.type == "cuda"
+    if not on_cuda:
+        # The CPU grid's model is tiny: one thread is faster, and steadier on a busy machine, than several.
+        torch.set_num_threads(1)
     model_name = args.model or ("gpt2-small" if on_cuda else "tiny-gpt2")
     grid = parse_grid(args.grid) if args.grid else (CUDA_GRID if on_cuda else CPU_GRID)
     if args.variants:

@@ -129,6 +129,7 @@ def machine_info(device: torch.device) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "allocator": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "default",
+        "cpu_threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

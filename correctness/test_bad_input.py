@@ -1,0 +1,83 @@
+"""Bad input is a clear TypeError/ValueError naming the argument, for every generator, before any decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from correctness.scenarios import PROMPT_LEN, contract_model, prompts
+from correctness.strategies import VOCAB
+from generators import GENERATORS, generate
+from generators.validate import check_inputs
+
+ALL = [pytest.param(name, marks=[pytest.mark.gpu] if g.requires_cuda else [], id=name)
+       for name, g in GENERATORS.items()]
+NEEDS_CUDA = [name for name, g in GENERATORS.items() if g.requires_cuda]
+
+
+def _with_token(ids: torch.Tensor, token: int) -> torch.Tensor:
+    ids = ids.clone()
+    ids[0, 0] = token
+    return ids
+
+
+# (case, changes to the call given the valid input_ids, exception, what the message must match)
+BAD = [
+    ("input_ids_list", lambda ids: {"input_ids": ids.tolist()}, TypeError, "input_ids"),
+    ("input_ids_float", lambda ids: {"input_ids": ids.float()}, TypeError, "input_ids"),
+    ("input_ids_bool", lambda ids: {"input_ids": ids > 0}, TypeError, "input_ids"),
+    ("input_ids_1d", lambda ids: {"input_ids": ids[0]}, ValueError, "input_ids"),
+    ("input_ids_3d", lambda ids: {"input_ids": ids[None]}, ValueError, "input_ids"),
+    ("empty_batch", lambda ids: {"input_ids": ids[:0]}, ValueError, "input_ids"),
+    ("empty_prompt", lambda ids: {"input_ids": ids[:, :0]}, ValueError, "input_ids"),
+    ("token_negative", lambda ids: {"input_ids": _with_token(ids, -1)}, ValueError, "input_ids"),
+    ("token_vocab", lambda ids: {"input_ids": _with_token(ids, VOCAB)}, ValueError, "input_ids"),
+    ("eos_negative", lambda ids: {"eos_token_id": -1}, ValueError, "eos_token_id"),
+    ("eos_vocab", lambda ids: {"eos_token_id": VOCAB}, ValueError, "eos_token_id"),
+    ("pad_negative", lambda ids: {"eos_token_id": 3, "pad_token_id": -1}, ValueError, "pad_token_id"),
+    ("pad_vocab", lambda ids: {"pad_token_id": VOCAB}, ValueError, "pad_token_id"),
+    ("eos_str", lambda ids: {"eos_token_id": "3"}, TypeError, "eos_token_id"),
+    ("eos_bool", lambda ids: {"eos_token_id": True}, TypeError, "eos_token_id"),
+    ("pad_float", lambda ids: {"pad_token_id": 3.0}, TypeError, "pad_token_id"),
+    ("max_new_zero", lambda ids: {"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+    ("max_new_negative", lambda ids: {"max_new_tokens": -4}, ValueError, "max_new_tokens"),
+    ("max_new_float", lambda ids: {"max_new_tokens": 4.0}, TypeError, "max_new_tokens"),
+    ("max_new_bool", lambda ids: {"max_new_tokens": True}, TypeError, "max_new_tokens"),
+    ("past_positions", lambda ids: {"max_new_tokens": 256 - PROMPT_LEN + 1}, ValueError,
+     r"max_new_tokens.*256 positions"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "error", "match"), BAD, ids=[b[0] for b in BAD])
+@pytest.mark.parametrize("name", ALL)
+def test_rejects_bad_input(name: str, case: str, change, error: type, match: str, device: torch.device) -> None:
+    model = contract_model(device)
+    call = {"input_ids": prompts(device), "max_new_tokens": 4, "eos_token_id": None, "pad_token_id": None}
+    call.update(change(call["input_ids"]))
+    with pytest.raises(error, match=match):
+        generate(name, model, **call)
+
+
+def test_longest_allowed_generation_is_accepted() -> None:
+    """The boundary of past_positions: P + max_new_tokens == the model's 256 positions is fine."""
+    check_inputs(contract_model("cpu"), prompts("cpu"), 256 - PROMPT_LEN, None, None)
+
+
+def test_unknown_generator_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="'nope'") as info:
+        generate("nope", contract_model("cpu"), prompts("cpu"), 4)
+    missing = [name for name in GENERATORS if name not in str(info.value)]
+    assert not missing, f"the message does not list {missing}: {info.value}"
+
+
+@pytest.mark.parametrize("name", NEEDS_CUDA)
+def test_cuda_only_generator_rejects_a_cpu_model(name: str) -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        generate(name, contract_model("cpu"), prompts("cpu"), 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GENERATORS)
+def test_input_ids_on_another_device(name: str, device: torch.device) -> None:
+    with pytest.raises(ValueError, match="input_ids"):
+        generate(name, contract_model(device), prompts("cpu"), 4)

@@ -1,0 +1,53 @@
+"""The differential property: every registered generator emits the oracles' greedy tokens.
+
+Two oracles, the textbook loop (`naive`) and Hugging Face generate() (`hf_generate`); every variant must match
+both, so the naive and hf_generate cases also prove that the oracles agree. Equality is exact, up to the
+rationed near-ties of ties.py. On CPU, generators that need CUDA are skipped (gpu marker) and so are our
+compiled ones (they would compile for every drawn shape); on a GPU, every generator that compiles draws its
+shape from three fixed ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from correctness.contract import assert_contract
+from correctness.strategies import COMPILED_SHAPES, Example, examples, oracle
+from correctness.ties import TieLedger, assert_same_tokens
+from generators import GENERATORS, Generator
+
+ORACLES = ("naive", "hf_generate")
+
+
+def marks(g: Generator) -> list[pytest.MarkDecorator]:
+    if g.requires_cuda:
+        return [pytest.mark.gpu]
+    return [pytest.mark.per_shape_compile] if g.execution != "eager" else []
+
+
+def compiles(g: Generator, device: torch.device) -> bool:
+    """Whether a new shape costs a compile: our compiled steps, and generate() with a static cache on CUDA."""
+    return g.execution != "eager" or (g.reference == "static" and device.type == "cuda")
+
+
+def assert_matches_oracles(name: str, example: Example, ledger: TieLedger) -> None:
+    out = example.run(name)
+    ids, eos, pad = example.input_ids, example.eos_token_id, example.pad_token_id
+    assert_contract(out, ids, example.max_new_tokens, eos, pad, name)
+    for oracle_name in ORACLES:
+        expected = oracle(oracle_name, example)
+        assert_contract(expected, ids, example.max_new_tokens, eos, pad, oracle_name)
+        assert_same_tokens(expected, out, model=example.model, prompt_len=example.prompt_len, eos=eos, pad=pad,
+                           label=f"{name} vs {oracle_name}", ledger=ledger)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=marks(g), id=n) for n, g in GENERATORS.items()])
+@given(data=st.data())
+def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger, data: st.DataObject
+                                   ) -> None:
+    shapes = COMPILED_SHAPES if compiles(GENERATORS[name], device) else None
+    example = data.draw(examples(device, shapes), label="example")
+    assert_matches_oracles(name, example, tie_ledger)
