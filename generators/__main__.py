@@ -53,6 +53,14 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
     return points
 
 
+def parse_capture(text: str) -> tuple[int, int]:
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise SystemExit(f"--profile-steps wants START:STOP decode steps like 30:50, got {text!r}") from None
+    return start, stop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.expandable_segments:  # the allocator reads this when CUDA initialises, so before any CUDA call
@@ -88,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# not run here: {', '.join(skipped)}" + ("" if on_cuda else " (compile per model; name them "
               "with --variants to include them, or run on a GPU)"), flush=True)
 
-    profile = profiling.enabled(tuple(int(v) for v in args.profile_steps.split(":"))) if args.profile_steps \
-        else None
+    capture = parse_capture(args.profile_steps) if args.profile_steps else None
     results, failed, total, start = [], [], len(grid) * len(names), time.perf_counter()
     for batch, new_tokens in grid:
         naive_tokens = None
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             done = len(results) + 1
             print(f"[{done}/{total}] {name:<24} b={batch:<3} n={new_tokens:<4} ", end="", flush=True, file=sys.stderr)
             try:
-                with profile or contextlib.nullcontext():
+                with profiling.enabled(capture) if args.profile_steps else contextlib.nullcontext():
                     m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
             except Exception as e:  # report it and go on: one broken variant must not hide the others' numbers
                 failed.append(f"{name} b={batch} n={new_tokens}: {type(e).__name__}: {e}")
