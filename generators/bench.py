@@ -11,8 +11,6 @@ import torch
 
 from . import GENERATORS, release_sessions
 
-MiB = 2**20
-
 
 def post_prompt(model: torch.nn.Module, batch: int, device: torch.device | str) -> torch.Tensor:
     """The post's prompt: one BOS token per row. [B, 1]"""
