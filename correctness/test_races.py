@@ -47,7 +47,9 @@ EAGER = [
 # The registry's variants whose stop checks overlap host and GPU (cuda_graph_every_8: `.item()` every 8 steps).
 REGISTERED = [GENERATORS[name] for name in ("pipelined", "cuda_graph_deferred", "cuda_graph_every_8")]
 CYCLES = (10**5, 10**6, 10**7, 5 * 10**7)  # ~0.05 ms to ~25 ms at GPU clocks
-MID_STEP_CYCLES = 5 * 10**7  # ~25 ms: longer than the host takes to queue the next eager step
+# ~25 ms: far longer than the host takes to queue the rest of an eager step and the start of the next (~1 ms);
+# a pause shorter than that (0.5 us-0.5 ms, tried on an H200) ends before the next step is even queued.
+MID_STEP_CYCLES = 5 * 10**7
 
 
 @dataclass
@@ -59,10 +61,11 @@ class Delays:
 
 
 @st.composite
-def step_cycles(draw: st.DrawFn, max_new_tokens: int, cycles: st.SearchStrategy[int]) -> dict[int, int]:
+def step_cycles(draw: st.DrawFn, max_new_tokens: int, cycles: st.SearchStrategy[int], always_first: bool = False
+                ) -> dict[int, int]:
     steps = draw(st.sets(st.integers(0, max_new_tokens - 1), max_size=3))
-    if draw(st.booleans()):
-        steps.add(0)  # the prefill: the one step that differs from the next
+    if always_first or draw(st.booleans()):
+        steps.add(0)  # the prefill: it always runs, and it is the one step that differs from the next
     return {step: draw(cycles) for step in sorted(steps)}
 
 
@@ -71,7 +74,8 @@ def delay_plans(draw: st.DrawFn, max_new_tokens: int, mid_step: bool) -> Delays:
     return Delays(
         at_reset=draw(st.none() | st.sampled_from(CYCLES)),
         at_step_start=draw(step_cycles(max_new_tokens, st.sampled_from(CYCLES))),
-        mid_step=draw(step_cycles(max_new_tokens, st.just(MID_STEP_CYCLES))) if mid_step else {},
+        # Every eager example pauses at least the prefill mid-step, so every one of them can expose the race.
+        mid_step=draw(step_cycles(max_new_tokens, st.just(MID_STEP_CYCLES), always_first=True)) if mid_step else {},
         before_flag_copy=draw(step_cycles(max_new_tokens, st.sampled_from(CYCLES))),
     )
 
