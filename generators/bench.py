@@ -107,9 +107,13 @@ def measure(name: str, model: torch.nn.Module, batch: int, max_new_tokens: int, 
         times.append(elapsed)
     m = Measurement(name, batch, max_new_tokens, times, out.shape[1] - input_ids.shape[1], warmup_s, tokens=out)
     if device.type == "cuda":
-        m.peak_allocated = torch.cuda.max_memory_allocated(device)
-        m.peak_reserved = torch.cuda.max_memory_reserved(device)
+        m.peak_allocated, m.peak_reserved = peak_memory(device)
     return m
+
+
+def peak_memory(device: torch.device) -> tuple[int, int]:
+    """Peak allocated and reserved bytes since fresh_memory(device)."""
+    return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
 
 
 def machine_info(device: torch.device) -> dict:

@@ -8,7 +8,6 @@ when, if ever, the host waits for it.
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
@@ -128,7 +127,7 @@ class StaticSession:
     def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
                  eos: int | None, pad: int | None, execution: str) -> None:
         batch, prompt_len = input_ids.shape
-        self.model_ref = weakref.ref(model)
+        self.model = model  # the step below is bound to it anyway
         self.kv_cache = compat.new_static_cache(model, prompt_len + max_new_tokens)
         self.d = Decoding.allocate(batch, prompt_len, max_new_tokens, eos, pad, input_ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -143,7 +142,7 @@ class StaticSession:
         self.d.reset(input_ids)
 
     def prefill(self) -> None:
-        static_prefill(self.model_ref(), self.kv_cache, self.d)
+        static_prefill(self.model, self.kv_cache, self.d)
 
     def _capture(self, input_ids: torch.Tensor) -> None:
         # Warm up (compile, autotune, lazy cache allocation) on a side stream, as the CUDA graphs docs ask,
@@ -173,7 +172,7 @@ def static_session(model: torch.nn.Module, input_ids: torch.Tensor, max_new_toke
     key = (id(model), execution, tuple(input_ids.shape), max_new_tokens, eos, pad,
            next(model.parameters()).dtype)
     session = _SESSIONS.get(key)
-    if session is None or session.model_ref() is not model:
+    if session is None:  # id(model) cannot be reused while a session holds the model
         session = StaticSession(model, input_ids, max_new_tokens, eos, pad, execution)
         _SESSIONS[key] = session
         while len(_SESSIONS) > MAX_SESSIONS:

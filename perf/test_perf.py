@@ -73,6 +73,5 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
                 tokens_per_s=batch * steps / median, speedup_vs_naive=_NAIVE_MEDIAN.get(key, float("nan")) / median)
     info["class"] = benchmark_class(gen)
     if device.type == "cuda":
-        info["peak_allocated"] = torch.cuda.max_memory_allocated(device)
-        info["peak_reserved"] = torch.cuda.max_memory_reserved(device)
+        info["peak_allocated"], info["peak_reserved"] = bench.peak_memory(device)
         info["fragmentation"] = 1 - info["peak_allocated"] / info["peak_reserved"]
