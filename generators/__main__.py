@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [n for n in GENERATORS if n not in names]
 
     model = models.build(model_name, dtype=args.dtype, device=device)
-    info = bench.machine_info(device) | {"model": model_name, "dtype": args.dtype}
+    # The copy bandwidth is what the table's roofline columns (floor ms, of floor) are computed against.
+    info = bench.machine_info(device) | {"model": model_name, "dtype": args.dtype,
+                                         "copy_GBps": round(bench.copy_bandwidth(device) / 1e9, 1)}
     print("# " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     if skipped:
         print(f"# not run here: {', '.join(skipped)}" + ("" if on_cuda else " (compile per model; name them "
