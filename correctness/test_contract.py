@@ -96,6 +96,8 @@ COMPILED_POLICIES = [
               stop="deferred"),
     Generator("compiled_every_3", "compiled step, stop check every 3 steps", execution="compile", stop="every_k",
               k=3),
+    # lean_graph's step, compiled but not captured: proves on CPU that it compiles with fullgraph and matches.
+    Generator("lean_compiled", "lean forward, compiled step", forward="lean", execution="compile"),
 ]
 
 

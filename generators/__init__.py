@@ -21,11 +21,13 @@ from .validate import check_inputs
 CACHES = ("none", "dynamic", "static")
 EXECUTIONS = ("eager", "compile", "cuda_graph")
 STOP_CHECKS = ("every_step", "pingpong", "deferred", "every_k", "never")
+FORWARDS = ("hf", "lean")  # the model's own forward, or lean.py's decoding forward over its weights
 
 
 @dataclass(frozen=True)
 class Generator:
-    """A decode loop: a cache policy, an execution policy and a stop check (see loop.py and stops.py)."""
+    """A decode loop: a cache policy, an execution policy, a stop check and a forward (loop.py, stops.py,
+    lean.py)."""
 
     name: str
     description: str
@@ -34,12 +36,16 @@ class Generator:
     stop: str = "every_step"
     k: int = 1  # with stop="every_k": check every k steps
     reference: str | None = None  # "dynamic" / "static": Hugging Face generate() instead of our loop
+    forward: str = "hf"
 
     def __post_init__(self) -> None:
-        if self.cache not in CACHES or self.execution not in EXECUTIONS or self.stop not in STOP_CHECKS:
-            raise ValueError(f"{self.name}: unknown policy in {self.cache}/{self.execution}/{self.stop}")
+        if (self.cache not in CACHES or self.execution not in EXECUTIONS or self.stop not in STOP_CHECKS
+                or self.forward not in FORWARDS):
+            raise ValueError(f"{self.name}: unknown policy in {self.cache}/{self.execution}/{self.stop}/{self.forward}")
         if self.execution != "eager" and self.cache != "static":
             raise ValueError(f"{self.name}: compiled and CUDA-graph steps need the static cache")
+        if self.forward == "lean" and (self.cache != "static" or self.reference is not None):
+            raise ValueError(f"{self.name}: the lean forward brings its own static cache and loop")
         if self.k < 1:
             raise ValueError(f"{self.name}: k must be >= 1, got {self.k}")
 
@@ -57,7 +63,7 @@ class Generator:
             return hf.hf_generate(model, input_ids, max_new_tokens, eos=eos, pad=pad,
                                   cache_implementation=cache_impl)
         return loop.decode(model, input_ids, max_new_tokens, cache_kind=self.cache, execution=self.execution,
-                           stop_check=self.stop, k=self.k, eos=eos, pad=pad)
+                           stop_check=self.stop, k=self.k, eos=eos, pad=pad, forward=self.forward)
 
 
 def _table(*gens: Generator) -> dict[str, Generator]:
@@ -81,6 +87,11 @@ GENERATORS: dict[str, Generator] = _table(
               execution="cuda_graph", stop="deferred"),
     Generator("cuda_graph_every_8", "cuda_graph + stop check every 8 steps", execution="cuda_graph",
               stop="every_k", k=8),
+    # The lean forward (lean.py): the model's weights, a step written for decoding.
+    Generator("lean_eager", "lean forward: own K/V tensors, one SDPA over the cache, eager (CPU-checkable)",
+              forward="lean"),
+    Generator("lean_graph", "lean forward, fullgraph-compiled step in a CUDA graph, deferred stop check",
+              forward="lean", execution="cuda_graph", stop="deferred"),
     # What a user would run today.
     Generator("hf_generate", "reference: Hugging Face generate(), dynamic cache", reference="dynamic"),
     Generator("hf_generate_static", "reference: generate(cache_implementation='static'), compiles itself",

@@ -9,12 +9,14 @@ when, if ever, the host waits for it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
 from . import compat, profiling
+from .lean import LeanModel
 from .stops import STOP_CHECKS, StopCheck
 
 
@@ -115,6 +117,20 @@ def compiled_decode_one_token():
     return torch.compile(decode_one_token, fullgraph=True, dynamic=True)
 
 
+def lean_decode_one_token(lean: LeanModel, caches: list, d: Decoding) -> None:
+    """decode_one_token for the lean forward (lean.py): the same step, without Hugging Face's generality."""
+    pos = d.col - 1
+    append_token(d, lean(d.tokens.index_select(1, pos), pos, caches))
+
+
+@cache
+def compiled_lean_decode_one_token():
+    # Static shapes (dynamic=False): the lean step is small enough that specialising every size pays, and it
+    # compiles in seconds, so a recompile per grid point is cheap.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(lean_decode_one_token, fullgraph=True, dynamic=False)
+
+
 # --- Sessions: the static cache and state buffers a compiled or captured step is bound to ---------------
 
 class StaticSession:
@@ -128,14 +144,17 @@ class StaticSession:
                  eos: int | None, pad: int | None, execution: str) -> None:
         batch, prompt_len = input_ids.shape
         self.model = model  # the step below is bound to it anyway
-        self.kv_cache = compat.new_static_cache(model, prompt_len + max_new_tokens)
         self.d = Decoding.allocate(batch, prompt_len, max_new_tokens, eos, pad, input_ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
-        step = decode_one_token if execution == "eager" else compiled_decode_one_token()
-        cache_kwargs = compat.cache_kwargs(model, self.kv_cache)
-        self.step = lambda: step(model, cache_kwargs, self.d)
+        self.step = self._bind_step(execution, batch, prompt_len + max_new_tokens)
         if execution == "cuda_graph":
             self._capture(input_ids)
+
+    def _bind_step(self, execution: str, batch: int, max_len: int) -> Callable[[], None]:
+        self.kv_cache = compat.new_static_cache(self.model, max_len)
+        step = decode_one_token if execution == "eager" else compiled_decode_one_token()
+        cache_kwargs = compat.cache_kwargs(self.model, self.kv_cache)
+        return lambda: step(self.model, cache_kwargs, self.d)
 
     def reset(self, input_ids: torch.Tensor) -> None:
         self.kv_cache.reset()
@@ -161,19 +180,40 @@ class StaticSession:
         self.step = self.graph.replay
 
 
+class LeanSession(StaticSession):
+    """The same session over the lean forward (lean.py) and its own per-layer K/V tensors."""
+
+    def _bind_step(self, execution: str, batch: int, max_len: int) -> Callable[[], None]:
+        self.lean = LeanModel(self.model)
+        self.caches = self.lean.new_cache(batch, max_len)
+        step = lean_decode_one_token if execution == "eager" else compiled_lean_decode_one_token()
+        return lambda: step(self.lean, self.caches, self.d)
+
+    def reset(self, input_ids: torch.Tensor) -> None:
+        for k, v in self.caches:  # as StaticCache.reset: no generation reads another's values
+            k.zero_()
+            v.zero_()
+        self.d.reset(input_ids)
+
+    def prefill(self) -> None:
+        positions = torch.arange(self.d.prompt_len, device=self.d.tokens.device)
+        append_token(self.d, self.lean(self.d.tokens[:, : self.d.prompt_len], positions, self.caches))
+
+
 _SESSIONS: OrderedDict[tuple, StaticSession] = OrderedDict()
 MAX_SESSIONS = 2  # each holds a static KV cache: B * layers * 2 * (P + N) * hidden values
 
 
 def static_session(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-                   eos: int | None, pad: int | None, execution: str) -> StaticSession:
+                   eos: int | None, pad: int | None, execution: str, forward: str = "hf") -> StaticSession:
+    kind = LeanSession if forward == "lean" else StaticSession
     if execution == "eager":  # nothing is bound to the buffers: a fresh cache per call, as in the post
-        return StaticSession(model, input_ids, max_new_tokens, eos, pad, execution)
-    key = (id(model), execution, tuple(input_ids.shape), max_new_tokens, eos, pad,
+        return kind(model, input_ids, max_new_tokens, eos, pad, execution)
+    key = (id(model), forward, execution, tuple(input_ids.shape), max_new_tokens, eos, pad,
            next(model.parameters()).dtype)
     session = _SESSIONS.get(key)
     if session is None:  # id(model) cannot be reused while a session holds the model
-        session = StaticSession(model, input_ids, max_new_tokens, eos, pad, execution)
+        session = kind(model, input_ids, max_new_tokens, eos, pad, execution)
         _SESSIONS[key] = session
         while len(_SESSIONS) > MAX_SESSIONS:
             _SESSIONS.popitem(last=False)
@@ -202,10 +242,11 @@ class DynamicSteps:
 
 
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, cache_kind: str,
-           execution: str, stop_check: str, k: int, eos: int | None, pad: int | None) -> torch.Tensor:
+           execution: str, stop_check: str, k: int, eos: int | None, pad: int | None, forward: str = "hf"
+           ) -> torch.Tensor:
     """Greedy decoding with the given policies; inputs are already validated."""
     if cache_kind == "static":
-        session = static_session(model, input_ids, max_new_tokens, eos, pad, execution)
+        session = static_session(model, input_ids, max_new_tokens, eos, pad, execution, forward)
         session.reset(input_ids)
         d = session.d
 

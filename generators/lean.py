@@ -1,0 +1,117 @@
+"""A lean decode step for GPT-2 and Llama-family models: the Hugging Face model's own weights and small modules,
+with the attention, KV cache, LM head, argmax and stop update written for decoding (after gpt-fast).
+
+Why: under a CUDA graph the Hugging Face step still costs ~0.76 ms at batch 1 on an H200 (cache bookkeeping,
+masks built per layer, the whole forward's generality), while reading GPT-2 small's weights takes ~0.12 ms.
+Here a step is what decoding needs and nothing else, so torch.compile(fullgraph=True) can fuse it into few
+kernels and one CUDA graph replays it:
+- the KV cache is one preallocated [B, kv_heads, P + N, head_dim] pair per layer, written in place at the
+  step's position (an index_put that inductor keeps in place);
+- attention is one scaled_dot_product_attention over the whole cache with a positions mask built once per
+  step (not per layer); the cache is short (P + N), so attending over its unfilled tail costs less than a
+  shape that changes every step, which a CUDA graph could not replay;
+- norms, MLPs and projections are the model's own modules, called as they are: same weights (no copies),
+  same math.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = ("gpt2", "llama")
+
+
+class LeanModel(nn.Module):
+    """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        config = model.config
+        kind = config.model_type
+        if kind not in SUPPORTED:
+            raise ValueError(f"the lean step supports {', '.join(SUPPORTED)} models; this one is {kind!r}")
+        self.kind, self.hf = kind, model  # a submodule: its parameters are the ones we read
+        self.n_head = config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_head
+        self.n_kv_head = getattr(config, "num_key_value_heads", None) or self.n_head
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        if kind == "gpt2":
+            if config.reorder_and_upcast_attn:
+                raise ValueError("the lean step does not implement GPT-2's reorder_and_upcast_attn")
+            self.layers = model.transformer.h
+            self.scales = [(self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
+                           / (i + 1 if config.scale_attn_by_inverse_layer_idx else 1) for i in range(len(self.layers))]
+        else:
+            if getattr(config, "sliding_window", None) or getattr(config, "layer_types", None) and any(
+                    t != "full_attention" for t in config.layer_types):
+                raise ValueError("the lean step attends over the whole cache; sliding-window layers are not supported")
+            self.layers = model.model.layers
+            self.scales = [layer.self_attn.scaling for layer in self.layers]
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.lm_head.weight.dtype
+
+    def new_cache(self, batch: int, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Zeroed K and V per layer. Zeros, not empty: masked positions get weight 0, and 0 * NaN is NaN."""
+        shape = (batch, self.n_kv_head, max_len, self.head_dim)
+        if self.kind == "llama":  # RoPE cos/sin for every position, from the model's own rotary module, once
+            positions = torch.arange(max_len, device=self.device)[None]
+            cos, sin = self.hf.model.rotary_emb(torch.empty(0, device=self.device, dtype=self.dtype), positions)
+            self.rope = cos[0], sin[0]
+        return [(torch.zeros(shape, device=self.device, dtype=self.dtype),
+                 torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in self.layers]
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """tokens [B, T] at `positions` [T] (device tensor): write their K/V, return the last position's logits."""
+        max_len = caches[0][0].shape[2]
+        # [T, L]: position t may attend to cache slots <= its own position. Built once for all layers.
+        mask = torch.arange(max_len, device=tokens.device)[None, :] <= positions[:, None]
+        if self.kind == "gpt2":
+            t = self.hf.transformer
+            h = t.wte(tokens) + t.wpe(positions)[None]
+            for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
+                h = h + layer.attn.c_proj(self._attend(*layer.attn.c_attn(layer.ln_1(h)).chunk(3, dim=-1),
+                                                       positions, mask, cache, scale))
+                h = h + layer.mlp(layer.ln_2(h))
+            h = t.ln_f(h[:, -1])
+        else:
+            m = self.hf.model
+            h = m.embed_tokens(tokens)
+            cos, sin = (table[positions][None] for table in self.rope)  # [1, T, head_dim]
+            for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
+                a = layer.self_attn
+                x = layer.input_layernorm(h)
+                q, k = (self._rotate(p(x), cos, sin) for p in (a.q_proj, a.k_proj))
+                h = h + a.o_proj(self._attend(q, k, a.v_proj(x), positions, mask, cache, scale))
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = m.norm(h[:, -1])
+        return self.hf.lm_head(h)  # [B, V]: only the last position's logits are ever computed
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, heads, T, head_dim]
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = self._heads(x)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # Llama's rotate_half
+        return x * cos[:, None] + rotated * sin[:, None]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        q, k, v = (x if x.dim() == 4 else self._heads(x) for x in (q, k, v))
+        k_cache, v_cache = cache
+        k_cache[:, :, positions] = k  # in place: the cache's address is what a CUDA graph replays
+        v_cache[:, :, positions] = v
+        out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale,
+                                             enable_gqa=self.n_kv_head != self.n_head)
+        b, _, t, _ = out.shape
+        return out.transpose(1, 2).reshape(b, t, -1)
