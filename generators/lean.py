@@ -7,7 +7,7 @@ Here a step is what decoding needs and nothing else, so torch.compile(fullgraph=
 kernels and one CUDA graph replays it:
 - the KV cache is one preallocated [B, kv_heads, P + N, head_dim] pair per layer, written in place at the
   step's position (an index_put that inductor keeps in place);
-- attention is one scaled_dot_product_attention over the whole cache with a positions mask built once per
+- a step's attention is a few fused reductions over the whole cache with a positions mask built once per
   step (not per layer); the cache is short (P + N), so attending over its unfilled tail costs less than a
   shape that changes every step, which a CUDA graph could not replay;
 - norms, MLPs and projections are the model's own modules, called as they are: same weights (no copies),
@@ -111,7 +111,22 @@ class LeanModel(nn.Module):
         k_cache, v_cache = cache
         k_cache[:, :, positions] = k  # in place: the cache's address is what a CUDA graph replays
         v_cache[:, :, positions] = v
-        out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale,
-                                             enable_gqa=self.n_kv_head != self.n_head)
-        b, _, t, _ = out.shape
+        b, _, t, _ = q.shape
+        if t == 1:
+            out = self._decode_attention(q, k_cache, v_cache, mask, scale)
+        else:  # the prefill: one call per generation, any kernel will do
+            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale,
+                                                 enable_gqa=self.n_kv_head != self.n_head)
         return out.transpose(1, 2).reshape(b, t, -1)
+
+    def _decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          mask: torch.Tensor, scale: float) -> torch.Tensor:
+        """One query per row as plain reductions, which inductor fuses into a few kernels that read the cache
+        once. The fused SDPA kernels tile queries by 64, so a single query wastes most of each tile: measured
+        16 us per layer at b=32 on an H200 (fp32 memory-efficient kernel), for ~10 MB of K/V."""
+        b, heads, _, d = q.shape
+        q = q.view(b, self.n_kv_head, heads // self.n_kv_head, 1, d).float()  # [B, kv, group, 1, D]
+        scores = (q * k_cache[:, :, None].float()).sum(-1) * scale  # [B, kv, group, L]
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # fp32, as the fused kernels accumulate
+        out = (probs[..., None] * v_cache[:, :, None].float()).sum(-2)  # [B, kv, group, D]
+        return out.view(b, heads, 1, d).to(k_cache.dtype)

@@ -1,0 +1,105 @@
+"""Evidence for the lean step (issue 6): where a decode step's GPU time goes, and whether several steps per
+CUDA graph pay.
+
+    python -m perf.lean_probe --batch 1 32 --out out/
+
+Kernels per step: CUDA kernels (memcpy/memset excluded) the profiler sees in a compiled, not captured,
+generation of 2 + K steps minus one of 2 steps, divided by K, so the prefill does not count; the same profile
+gives each kernel's GPU time per step. Steps per graph: one captured graph holding S lean steps, replayed
+N / S times with no stop check, against the same N steps as single-step replays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from generators import Generator, bench, loop, models, release_sessions
+
+COMPILED = {
+    "hf": Generator("static_compiled", "", execution="compile"),
+    "lean": Generator("lean_compiled", "", forward="lean", execution="compile"),
+}
+
+
+def _kernels(g: Generator, model: torch.nn.Module, ids: torch.Tensor, n: int) -> list:
+    g(model, ids, n)  # compile outside the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        g(model, ids, n)
+        torch.cuda.synchronize()
+    return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+            and not any(s in e.name.lower() for s in ("memcpy", "memset"))]
+
+
+def step_profile(g: Generator, model: torch.nn.Module, batch: int, k: int = 10, top: int = 8) -> dict:
+    ids = bench.post_prompt(model, batch, "cuda")
+    short, long = _kernels(g, model, ids, 2), _kernels(g, model, ids, 2 + k)
+    per_name: dict[str, float] = {}
+    for e in long:
+        per_name[e.name[:80]] = per_name.get(e.name[:80], 0.0) + e.device_time_total / (2 + k)
+    busy = sum(e.device_time_total for e in long) - sum(e.device_time_total for e in short)
+    return {"kernels_per_step": (len(long) - len(short)) / k, "kernel_us_per_step": busy / k,
+            "top_kernels_us_per_step": dict(sorted(per_name.items(), key=lambda kv: -kv[1])[:top])}
+
+
+def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int]) -> dict[int, float]:
+    """Median ms of n lean steps as n / s replays of a graph holding s steps."""
+    ids = bench.post_prompt(model, batch, "cuda")
+    session = loop.LeanSession(model, ids, n + max(s_values), None, None, "compile")
+    session.reset(ids)
+    session.prefill()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compile and warm up off the capture stream, as loop.StaticSession does
+            session.step()
+    torch.cuda.current_stream().wait_stream(side)
+    out = {}
+    for s in s_values:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(s):
+                session.step()
+        times = []
+        for _ in range(7):
+            session.reset(ids)
+            session.prefill()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n // s):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        out[s] = sorted(times)[len(times) // 2]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--out", default="out")
+    args = parser.parse_args()
+    model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
+    result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
+    for batch in args.batch:
+        # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
+        row = {"batch": batch, "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, [1, 4])}
+        release_sessions()
+        for label, g in COMPILED.items():
+            row[label] = step_profile(g, model, batch)
+            release_sessions()
+        print(json.dumps(row, indent=1), flush=True)
+        result["rows"].append(row)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"lean_probe_{args.dtype}.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
