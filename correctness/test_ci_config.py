@@ -181,6 +181,16 @@ def test_gpu_gate_is_guarded_and_retriggers_on_the_opt_in_label():
     assert any(is_self_hosted(job) for job in workflow["jobs"].values()), "the gate left the GPU runner"
 
 
+def test_gpu_gate_runs_the_ab_gate_against_the_pull_requests_base_commit():
+    job = load(WORKFLOWS / "gpu-gate.yml")["jobs"]["gate"]
+    checkout = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"].get("fetch-depth") == 0, "the A/B gate needs the base commit: fetch-depth: 0"
+    perf = [step for step in job["steps"] if "pytest perf" in step.get("run", "")]
+    assert len(perf) == 1, "expected one perf gate step"
+    assert '--ab-base="$AB_BASE"' in perf[0]["run"]
+    assert perf[0].get("env", {}).get("AB_BASE") == "${{ github.event.pull_request.base.sha }}"
+
+
 def test_record_baselines_only_runs_by_hand():
     workflow = load(WORKFLOWS / "record-baselines.yml")
     assert triggers(workflow) == {"workflow_dispatch"}

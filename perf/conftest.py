@@ -3,6 +3,8 @@
 Baselines live in perf/baselines/<gpu-model>/ (pytest-benchmark adds its OS/Python folder below), so a run on
 an A100 never compares against an H100's numbers; a baseline recorded on another card is refused by name.
 With --benchmark-compare, every benchmark is judged by perf/gate.py and the session fails on a regression.
+With --ab-base=REF (the PR gate), every benchmark is instead judged on both arms timed in this one process
+(perf/ab.py, perf/gate.py); if both options are given, the A/B verdict is the gate.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import torch
 
 from generators import GENERATORS, Generator, bench, models
 
-from . import gate
+from . import ab, gate
 
 BASELINES = Path(__file__).parent / "baselines"
 RECORD = "python -m pytest perf --benchmark-save=baseline --benchmark-save-data"
 
 _CUDA_POINTS = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
-_FASTEST = ["cuda_graph", "cuda_graph_deferred", "hf_generate_static"]
+_FASTEST = ["cuda_graph", "cuda_graph_deferred", "lean_graph", "hf_generate_static"]
 GRIDS = {
     # (variant, batch, new_tokens, dtype); naive first at every point (the speedup column needs it).
     "full": [(v, b, n, "float32") for b, n in _CUDA_POINTS for v in GENERATORS]
@@ -33,6 +35,7 @@ GRIDS = {
               for v, g in GENERATORS.items() if not g.requires_cuda and g.execution == "eager"],
 }
 _INJECTED: dict[str, float] = {}
+AB_BASE = pytest.StashKey[ab.Base]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,8 +44,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--gate-report", help="write the gate's markdown verdict table to this file")
     group.addoption("--expandable-segments", action="store_true",
                     help="run with PYTORCH_ALLOC_CONF=expandable_segments:True (set before CUDA initialises)")
-    group.addoption("--inject-slowdown", metavar="VARIANT:SHARE",
-                    help="TEST ONLY: sleep SHARE x each timed generation of VARIANT, to prove the gate fires")
+    group.addoption("--inject-slowdown", metavar="VARIANT:SHARE[,...]",
+                    help="TEST ONLY: sleep SHARE x each timed generation of VARIANT, to prove the gate fires "
+                         "(with --ab-base: the candidate arm only)")
+    group.addoption("--ab-rounds", type=int, default=15, metavar="N",
+                    help="timed rounds per arm with --ab-base (default 15: with 7, launch-bound rows missed half of "
+                         "the injected 10%% slowdowns on an H200; see perf/RESULTS.md)")
+    group.addoption("--ab-base", metavar="REF",
+                    help="A/B gate: also time git REF's generators/ in this process, interleaved round by round, "
+                         "and judge every benchmark against it ('self': this tree's own, an A/A run)")
 
 
 def gpu_slug() -> str:
@@ -59,12 +69,28 @@ def pytest_configure(config: pytest.Config) -> None:
     # Key the storage by GPU model before pytest-benchmark opens it (its own key is only OS/Python).
     if config.getoption("benchmark_storage", default=None) == "file://./.benchmarks":
         config.option.benchmark_storage = f"file://{BASELINES / gpu_slug()}"
-    spec = config.getoption("--inject-slowdown", default=None)
-    if spec:
+    for spec in filter(None, (config.getoption("--inject-slowdown", default=None) or "").split(",")):
         variant, _, share = spec.partition(":")
         if variant not in GENERATORS or not share:
-            raise pytest.UsageError(f"--inject-slowdown wants VARIANT:SHARE with a known variant, got {spec!r}")
+            raise pytest.UsageError(f"--inject-slowdown wants VARIANT:SHARE[,VARIANT:SHARE...] with known variants, "
+                                    f"got {spec!r}")
         _INJECTED[variant] = float(share)
+    ref = config.getoption("--ab-base", default=None)
+    if ref is not None:
+        config.stash[AB_BASE] = ab.load_base(ref)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = config.stash.get(AB_BASE, None)
+    if base is not None:
+        ab.close(base)
+        del config.stash[AB_BASE]
+
+
+@pytest.fixture(scope="session")
+def ab_base(pytestconfig: pytest.Config) -> ab.Base | None:
+    """The base arm of the A/B gate (--ab-base), or None: judge against a stored baseline."""
+    return pytestconfig.stash.get(AB_BASE, None)
 
 
 def grid_for(config: pytest.Config) -> str:
@@ -135,10 +161,56 @@ def _verdicts(current: list[dict], baseline: list[dict], bands: dict[str, float]
     return verdicts
 
 
+def _ab_verdicts(current: list[dict], bands: dict[str, float]) -> list[gate.Verdict]:
+    verdicts = []
+    for b in current:
+        info = b["extra_info"]
+        if info.get("class") not in gate.CLASSES or "ab_candidate_s" not in info:
+            continue  # the host probe (stored-baseline mode only)
+        verdicts.append(gate.judge(
+            b["name"], info.get("ab_base_s"), info["ab_candidate_s"], klass=info["class"], band=bands.get(b["name"]),
+            base_mem=info.get("ab_base_peak_above_held"), cur_mem=info.get("peak_above_held"), paired=True,
+        ))
+    return verdicts
+
+
+def _finish(session: pytest.Session, report: str, verdicts: list[gate.Verdict]) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    reporter.write_line("\n" + report)
+    if session.config.getoption("--gate-report"):
+        Path(session.config.getoption("--gate-report")).write_text(report)
+    if gate.gate_failed(verdicts):
+        reporter.write_line("GATE FAILED: see the regressed rows above.", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _ab_gate(session: pytest.Session, bs: object, base: ab.Base) -> None:
+    bands_file = Path(bs.storage.path) / "bands_ab.json"  # beside the baselines (perf/baselines/<gpu-model>/)
+    bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
+    verdicts = _ab_verdicts([b.as_dict(include_data=False) for b in bs.benchmarks], bands)
+    commit = "" if base.commit == ab.SELF else f" ({base.commit[:12]})"
+    header = (f"### Perf gate: A/B in one process, this tree vs {base.ref}{commit}\n\n"
+              f"Both arms timed interleaved, round by round; each row is judged on its own pair. Noise bands: "
+              f"{'per benchmark from ' + bands_file.name + ', else ' if bands else ''}the A/B defaults "
+              f"(±{gate.DEFAULT_BAND_AB[gate.DEVICE]:.1%} CUDA-graph loops, ±{gate.DEFAULT_BAND_AB[gate.HOST]:.1%} "
+              f"the others); memory: peak allocated up > {gate.MEMORY_SHARE:.0%} and > "
+              f"{gate.MEMORY_MIN_BYTES >> 20} MiB is a regression.\n")
+    if bs.compare:
+        header += ("\n--benchmark-compare was given too: the stored-baseline comparison is NOT the gate here, "
+                   "this A/B verdict is.\n")
+    _finish(session, f"{header}\n{gate.format_table(verdicts)}", verdicts)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     bs = getattr(session.config, "_benchmarksession", None)
-    if bs is None or not bs.compare or not bs.benchmarks:
+    if bs is None or not bs.benchmarks:
+        return
+    base = session.config.stash.get(AB_BASE, None)
+    if base is not None:
+        _ab_gate(session, bs, base)
+        return
+    if not bs.compare:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if not bs.compared_mapping:
@@ -152,10 +224,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     bands_file = Path(bs.storage.path) / "bands.json"  # beside the OS/Python folders
     bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
     verdicts = _verdicts(current, baseline, bands)
-    report = f"### Perf gate vs {Path(path).name}\n\n{gate.format_table(verdicts)}\n"
-    reporter.write_line("\n" + report)
-    if session.config.getoption("--gate-report"):
-        Path(session.config.getoption("--gate-report")).write_text(report)
-    if gate.gate_failed(verdicts):
-        reporter.write_line("GATE FAILED: see the regressed rows above.", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _finish(session, f"### Perf gate vs {Path(path).name}\n\n{gate.format_table(verdicts)}\n", verdicts)

@@ -1,26 +1,46 @@
-"""The performance gate: judge one perf session against the stored baseline, benchmark by benchmark.
+"""The performance gate: judge one perf session, benchmark by benchmark.
 
-Why it is built this way (measured between separate processes on one GPU):
+Two modes. **A/B in one process (the gate CI runs, ``--ab-base=REF``):** the perf session imports REF's
+``generators/`` as a second package and times both arms interleaved, round by round, in the same process
+(perf/ab.py, perf/test_perf.py), so whatever makes one process faster or slower than another cancels. Each
+benchmark is judged on its own pair: ``judge(..., paired=True)`` (no probe, the bootstrap resamples rounds
+jointly, so a slow spell that hits both arms of a round does not widen the CI) against the A/B noise band
+(``DEFAULT_BAND_AB``, or per benchmark from ``bands_ab.json`` beside the baselines, made by
+``calibrate_ab_bands`` from A/A sessions: on a clean checkout, >= 5 times
+``python -m pytest perf/test_perf.py --perf-grid=gate --ab-base=HEAD --benchmark-json=aaN.json``, then
+``python -m perf.gate calibrate-ab aa*.json --out perf/baselines/<gpu-model>/bands_ab.json``; ``--ab-base=HEAD``
+imports a second copy like a pull request's run does, ``--ab-base=self`` reuses this one and is cheaper). Peak
+memory is each arm's peak from a fresh session, measured in the same process (perf/ab.py says why it is
+measured after the timed rounds, not during them).
 
-* CUDA-graph loops ("device" class) vary about +-2-4% run to run, so their absolute time is a usable signal.
-* Eager and default-``torch.compile`` loops ("host" class) are CPU/launch bound and vary +-40-55%: the whole
-  process is faster or slower. No fixed percentage on absolute time can gate both classes. So every session
-  also times a fixed *host probe* (a launch-bound workload that PRs never change), and a host-class benchmark
-  is judged on ``time / probe median of the same session``: a slow process slows both and the ratio cancels.
+**Stored baseline (``--benchmark-compare``, kept for users who don't pass ``--ab-base``):** the session is
+compared with a baseline recorded by another process. Measured between separate processes on one H200:
 
-Statistic: ``r = median(current) / median(baseline)`` (after that normalisation) with a seeded bootstrap 95%
-confidence interval. A time verdict needs *both* conditions:
+* CUDA-graph loops ("device" class) vary about +-2-5% run to run, so their absolute time is a usable signal.
+* Eager and default-``torch.compile`` loops ("host" class) are CPU/launch bound and vary -44%..+100%: the whole
+  process is faster or slower. This mode times a fixed *host probe* and judges host-class benchmarks on
+  ``time / probe median of the same session``. **That normalisation is refuted by the data** (perf/RESULTS.md:
+  the probe moved +-20% in unrelated directions, 7 of 16 host rows cried wolf on an unchanged rerun). The probe
+  and the normalisation are kept only because this mode still uses them; do not gate host-class rows on a
+  stored baseline. The A/B mode needs no probe.
 
-* ``r`` beyond the benchmark's noise band. The band is session-to-session noise, measured on reruns of an
-  unchanged tree (``calibrate_bands``); the within-session CI cannot see it.
+Statistic (both modes): ``r = median(current) / median(baseline)`` with a seeded bootstrap 95% confidence
+interval. A time verdict needs *both* conditions:
+
+* ``r`` beyond the benchmark's noise band. The band is the noise of ``r`` between reruns of an unchanged tree
+  (``calibrate_bands`` for stored baselines, ``calibrate_ab_bands`` for A/A sessions); a CI cannot see
+  session-to-session noise.
 * a CI that excludes 1, i.e. the samples really resolve the shift (guards against a few wild samples).
 
 Peak memory is judged separately: a rise of more than ``MEMORY_SHARE`` *and* more than ``MEMORY_MIN_BYTES``.
 """
 
+import argparse
+import json
 import math
 import random
 import statistics
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +52,11 @@ CLASSES = (DEVICE, HOST)
 BAND_FLOOR = {DEVICE: 0.02, HOST: 0.03}
 # Used when the baseline stores no band; host is wider because the probe cancels only most of the swing.
 DEFAULT_BAND = {DEVICE: 0.03, HOST: 0.05}
+# A/B mode (both arms in one process): half the smallest shift the gate must catch in the class (5% in a
+# CUDA-graph loop, 10% in any loop), so the band sits midway between "no change" and "must be flagged". The
+# in-process noise of r is far below that on the device class (sample spread ~0.5%); on the host class it is
+# what calibrate_ab_bands measures. Per-benchmark bands from A/A sessions (bands_ab.json) replace these.
+DEFAULT_BAND_AB = {DEVICE: 0.025, HOST: 0.05}
 # Calibrated band = SAFETY * widest spread seen between unchanged sessions: a few sessions under-sample it.
 SAFETY = 1.5
 # Above this a 10% slowdown could hide inside the band, so such a benchmark is reported as TOO_NOISY
@@ -57,7 +82,7 @@ class Verdict:
     name: str
     status: str  # time verdict: one of the status strings above
     klass: str
-    ratio: float | None = None  # median(current) / median(baseline), probe-normalised for host class
+    ratio: float | None = None  # median(current) / median(baseline); stored mode: host class probe-normalised
     ci_low: float | None = None  # bootstrap 95% CI on ratio
     ci_high: float | None = None
     band: float | None = None  # relative noise band it was judged against, 0.03 = +-3%
@@ -105,8 +130,14 @@ def judge(
     base_mem: int | None = None,
     cur_mem: int | None = None,
     seed: int = 0,
+    paired: bool = False,
 ) -> Verdict:
-    """Judge one benchmark. ``None`` samples mean absent from that side (NEW / MISSING)."""
+    """Judge one benchmark. ``None`` samples mean absent from that side (NEW / MISSING).
+
+    ``paired=True`` (A/B mode): ``base_samples[i]`` and ``cur_samples[i]`` were timed back to back in round i of
+    one process. Then no probe is used (the process is common to both), the bootstrap resamples rounds jointly,
+    and the default band is ``DEFAULT_BAND_AB``.
+    """
     _check_class(name, klass)
     if base_samples is None and cur_samples is None:
         raise ValueError(f"{name}: neither baseline nor current samples given")
@@ -115,17 +146,21 @@ def judge(
     if cur_samples is None:
         return Verdict(name, MISSING, klass)
 
-    base = _normalise(name, "baseline", base_samples, klass, base_probe)
-    cur = _normalise(name, "current", cur_samples, klass, cur_probe)
+    norm_class = DEVICE if paired else klass  # DEVICE: absolute times, no probe
+    base = _normalise(name, "baseline", base_samples, norm_class, base_probe)
+    cur = _normalise(name, "current", cur_samples, norm_class, cur_probe)
+    if paired and len(base) != len(cur):
+        raise ValueError(f"{name}: paired samples need one baseline time per round, got {len(base)} baseline"
+                         f" and {len(cur)} current times")
     if band is None:
-        band, source = DEFAULT_BAND[klass], "default"
+        band, source = (DEFAULT_BAND_AB if paired else DEFAULT_BAND)[klass], "default"
     elif not (math.isfinite(band) and band >= 0):
         raise ValueError(f"{name}: noise band must be a finite share >= 0, got {band!r}")
     else:
         source = "stored"
 
     ratio = statistics.median(cur) / statistics.median(base)
-    low, high = _bootstrap_ci(base, cur, seed)
+    low, high = _bootstrap_ci(base, cur, seed, paired)
     if band > BAND_CAP:
         status = TOO_NOISY
     elif ratio > 1 + band and low > 1:
@@ -175,6 +210,47 @@ def calibrate_bands(sessions: Sequence[Session], classes: Mapping[str, str]) -> 
     return bands
 
 
+def calibrate_ab_bands(
+    sessions: Sequence[Mapping[str, tuple[Sequence[float], Sequence[float]]]], classes: Mapping[str, str]
+) -> dict[str, float]:
+    """A/B noise band per benchmark from >= 2 A/A sessions (both arms the same code: ``--ab-base=HEAD`` on a clean
+    checkout, or ``--ab-base=self``), each ``{name: (base samples, candidate samples)}``.
+
+    In an A/A session the true ratio is 1, so every ``r`` is pure noise: band = max(BAND_FLOOR[class], SAFETY *
+    max over sessions |log r|), as a relative share. Not capped, like ``calibrate_bands``: above BAND_CAP the
+    benchmark is reported TOO_NOISY. A benchmark seen in fewer than two sessions gets no band.
+    """
+    if len(sessions) < 2:
+        raise ValueError(f"calibrate_ab_bands needs >= 2 A/A sessions, got {len(sessions)}")
+    logs: dict[str, list[float]] = {}
+    for i, session in enumerate(sessions):
+        for name, (base_samples, cur_samples) in session.items():
+            if name not in classes:
+                raise ValueError(f"{name}: no class given for it (expected one of {CLASSES})")
+            _check_class(name, classes[name])
+            base = _normalise(name, f"session {i} base", base_samples, DEVICE, None)
+            cur = _normalise(name, f"session {i} candidate", cur_samples, DEVICE, None)
+            logs.setdefault(name, []).append(abs(math.log(statistics.median(cur) / statistics.median(base))))
+    return {
+        name: max(BAND_FLOOR[classes[name]], math.expm1(SAFETY * max(values)))
+        for name, values in logs.items()
+        if len(values) >= 2
+    }
+
+
+def ab_pairs_from_json(report: Mapping) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, str]]:
+    """The A/B pairs and classes of one pytest-benchmark JSON report (``--benchmark-json``) of an A/B session."""
+    pairs, classes = {}, {}
+    for bench in report.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if info.get("injected_slowdown"):
+            raise ValueError(f"{bench['name']}: has an injected slowdown; an A/A calibration session must not")
+        if "ab_base_s" in info and "ab_candidate_s" in info:
+            pairs[bench["name"]] = (info["ab_base_s"], info["ab_candidate_s"])
+            classes[bench["name"]] = info["class"]
+    return pairs, classes
+
+
 def too_noisy(bands: Mapping[str, float]) -> list[str]:
     """Benchmarks whose calibrated band exceeds BAND_CAP: the gate cannot promise to catch 10% in them."""
     return sorted(name for name, band in bands.items() if band > BAND_CAP)
@@ -212,7 +288,7 @@ def _check_class(name: str, klass: str) -> None:
 def _normalise(
     name: str, what: str, samples: Sequence[float], klass: str, probe: float | None
 ) -> list[float]:
-    """Validated samples; host class divided by its session's probe median (cancels process-wide speed)."""
+    """Validated samples; host class divided by its session's probe median (stored-baseline mode only)."""
     if not samples:
         raise ValueError(f"{name}: {what} samples are empty")
     for t in samples:
@@ -227,13 +303,21 @@ def _normalise(
     return [t / probe for t in samples]
 
 
-def _bootstrap_ci(base: list[float], cur: list[float], seed: int) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of median(cur) / median(base); seeded so a verdict is reproducible."""
+def _bootstrap_ci(base: list[float], cur: list[float], seed: int, paired: bool = False) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of median(cur) / median(base); seeded so a verdict is reproducible.
+
+    Paired: resample rounds, keeping each round's two times together (what they share cancels in the ratio).
+    """
     rng = random.Random(seed)
-    ratios = [
-        statistics.median(rng.choices(cur, k=len(cur))) / statistics.median(rng.choices(base, k=len(base)))
-        for _ in range(RESAMPLES)
-    ]
+    if paired:
+        rounds = range(len(cur))
+        picks = (rng.choices(rounds, k=len(cur)) for _ in range(RESAMPLES))
+        ratios = [statistics.median([cur[i] for i in p]) / statistics.median([base[i] for i in p]) for p in picks]
+    else:
+        ratios = [
+            statistics.median(rng.choices(cur, k=len(cur))) / statistics.median(rng.choices(base, k=len(base)))
+            for _ in range(RESAMPLES)
+        ]
     cuts = statistics.quantiles(ratios, n=40, method="inclusive")  # cut points at 1/40 .. 39/40
     return cuts[0], cuts[-1]
 
@@ -254,3 +338,38 @@ def _band(v: Verdict) -> str:
 def _memory(v: Verdict) -> str:
     mib = f"{v.memory_delta / 2**20:+.1f} MiB"
     return mib if v.memory_ratio is None else f"{_pct(v.memory_ratio)} ({mib})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m perf.gate calibrate-ab AA1.json AA2.json ... [--out bands_ab.json]``"""
+    parser = argparse.ArgumentParser(prog="python -m perf.gate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cal = sub.add_parser("calibrate-ab", help="A/B noise bands from >= 2 A/A sessions' --benchmark-json files")
+    cal.add_argument("reports", nargs="+", help="pytest-benchmark JSON of A/A sessions (--benchmark-json=FILE)")
+    cal.add_argument("--out", help="write the bands here (perf/baselines/<gpu-model>/bands_ab.json)")
+    args = parser.parse_args(argv)
+    sessions, classes = [], {}
+    for path in args.reports:
+        with open(path) as f:
+            pairs, session_classes = ab_pairs_from_json(json.load(f))
+        if not pairs:
+            parser.error(f"{path}: no A/B samples in it (was it run with --ab-base?)")
+        sessions.append(pairs)
+        classes.update(session_classes)
+    try:
+        bands = calibrate_ab_bands(sessions, classes)
+    except ValueError as e:
+        parser.error(str(e))
+    text = json.dumps(dict(sorted(bands.items())), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    for name in too_noisy(bands):
+        print(f"too noisy to gate (band > ±{BAND_CAP:.0%}): {name} ±{bands[name]:.1%}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -276,3 +276,106 @@ def test_judge_rejects_bad_input(kwargs: dict, message: str) -> None:
 def test_calibrate_rejects_bad_input(sessions: list[Session], classes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         calibrate_bands(sessions, classes)
+
+
+# --- A/B mode: both arms interleaved in one process ------------------------------------------------------
+
+
+def ab_session(seed: int, slowdown: float, rounds: int = 7, klass: str = HOST) -> tuple[list[float], list[float]]:
+    """Paired rounds of one process: each round's state (a slow spell, the process's own speed) hits both arms
+    alike, up to a small per-generation residual; the candidate is `slowdown` x slower.
+
+    The common factor swings each round by -30%..+50%, like the host class between processes: a stored
+    baseline could not tell that from a regression, the pair does.
+    """
+    rng = random.Random(seed)
+    sigma = 0.015 if klass == HOST else 0.005
+    base, cur = [], []
+    for _ in range(rounds):
+        common = BENCH * rng.uniform(0.7, 1.5)
+        base.append(common * math.exp(rng.gauss(0.0, sigma)))
+        cur.append(common * slowdown * math.exp(rng.gauss(0.0, sigma)))
+    return base, cur
+
+
+def ab_statuses(klass: str, slowdown: float, **kwargs) -> list[str]:
+    return [judge("b", *ab_session(seed, slowdown, klass=klass), klass=klass, paired=True, **kwargs).status
+            for seed in SEEDS]
+
+
+@pytest.mark.parametrize("klass", [DEVICE, HOST])
+def test_ab_unchanged_tree_raises_no_alarm(klass: str) -> None:
+    assert ab_statuses(klass, 1.0) == [WITHIN_NOISE] * len(SEEDS)
+
+
+@pytest.mark.parametrize("klass", [DEVICE, HOST])
+def test_ab_ten_percent_slowdown_is_flagged_every_time(klass: str) -> None:
+    assert ab_statuses(klass, 1.10) == [REGRESSED] * len(SEEDS)
+
+
+def test_ab_five_percent_slowdown_of_a_device_benchmark_is_flagged() -> None:
+    assert ab_statuses(DEVICE, 1.05) == [REGRESSED] * len(SEEDS)
+
+
+@pytest.mark.parametrize("klass", [DEVICE, HOST])
+def test_ab_ten_percent_speedup_is_improved(klass: str) -> None:
+    assert ab_statuses(klass, 1 / 1.10) == [IMPROVED] * len(SEEDS)
+
+
+def test_ab_pairing_is_what_cancels_the_shared_swings() -> None:
+    # The same 10% slowdown judged unpaired (rounds resampled independently): the shared swings swamp the CI.
+    unpaired = [judge("b", *ab_session(seed, 1.10), klass=DEVICE).status for seed in SEEDS]
+    assert unpaired.count(REGRESSED) < len(SEEDS) // 2
+
+
+def test_ab_uses_its_own_default_band_and_no_probe() -> None:
+    v = judge("b", *ab_session(0, 1.0, klass=HOST), klass=HOST, paired=True)  # host class, no probe given
+    assert (v.band, v.band_source) == (gate.DEFAULT_BAND_AB[HOST], "default")
+    assert "±5.0% default band" in format_table([v])
+
+
+@pytest.mark.parametrize("cur_mem, expected", [(int(2.2 * GIB), MEMORY_REGRESSED), (int(2.08 * GIB), MEMORY_OK)])
+def test_ab_memory_rise_is_a_regression(cur_mem: int, expected: str) -> None:
+    v = judge("b", *ab_session(0, 1.0), klass=HOST, paired=True, base_mem=2 * GIB, cur_mem=cur_mem)
+    assert (v.status, v.memory_status) == (WITHIN_NOISE, expected)
+    assert gate_failed([v]) is (expected == MEMORY_REGRESSED)
+
+
+def test_ab_paired_samples_need_one_base_time_per_round() -> None:
+    with pytest.raises(ValueError, match="one baseline time per round"):
+        judge("b", [1.0, 1.1], [1.0], klass=DEVICE, paired=True)
+
+
+def _aa(ratios: list[float]) -> list[dict]:
+    return [{"b": ([1.0] * 5, [r] * 5)} for r in ratios]
+
+
+def test_calibrate_ab_bands() -> None:
+    assert gate.calibrate_ab_bands(_aa([1.001, 0.998, 1.004]), {"b": DEVICE}) == {"b": gate.BAND_FLOOR[DEVICE]}
+    # The widest A/A ratio is 1.03 (or its inverse): band = 1.03 ** SAFETY - 1, above the floor.
+    bands = gate.calibrate_ab_bands(_aa([1.01, 1 / 1.03, 1.02]), {"b": HOST})
+    assert bands["b"] == pytest.approx(1.03**gate.SAFETY - 1)
+    assert too_noisy(gate.calibrate_ab_bands(_aa([1.0, 1.07]), {"b": HOST})) == ["b"]
+    assert gate.calibrate_ab_bands([{"b": ([1.0], [1.0]), "once": ([1.0], [1.0])}, {"b": ([1.0], [1.0])}],
+                                   {"b": DEVICE, "once": DEVICE}) == {"b": gate.BAND_FLOOR[DEVICE]}
+    with pytest.raises(ValueError, match=">= 2 A/A sessions"):
+        gate.calibrate_ab_bands(_aa([1.0]), {"b": DEVICE})
+
+
+def test_calibrate_ab_command_reads_benchmark_json(tmp_path, capsys) -> None:
+    import json
+
+    def report(ratio: float, **extra) -> dict:
+        info = {"class": HOST, "ab_base_s": [1.0, 1.0], "ab_candidate_s": [ratio, ratio], **extra}
+        return {"benchmarks": [{"name": "b", "extra_info": info}, {"name": "p", "extra_info": {"class": "probe"}}]}
+
+    paths = []
+    for i, ratio in enumerate([1.0, 1.04]):
+        paths.append(tmp_path / f"aa{i}.json")
+        paths[-1].write_text(json.dumps(report(ratio)))
+    out = tmp_path / "bands_ab.json"
+    assert gate.main(["calibrate-ab", *map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"b": pytest.approx(1.04**gate.SAFETY - 1)}
+    paths[1].write_text(json.dumps(report(1.1, injected_slowdown=0.1)))
+    with pytest.raises(ValueError, match="injected slowdown"):
+        gate.main(["calibrate-ab", *map(str, paths)])

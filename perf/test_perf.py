@@ -1,7 +1,19 @@
 """GPU timings of every generator over the post's grid (a tiny smoke grid on CPU), with pytest-benchmark.
 
 Compilation and graph capture happen in warm-up rounds, never in a timing; each timed round brackets one
-generation with device synchronisation. The gate (perf/conftest.py) judges these against the stored baseline.
+generation with device synchronisation. The gate (perf/conftest.py) judges these against the stored baseline,
+or, with --ab-base=REF, against REF's generators timed in this same process:
+
+A/B rounds. pytest-benchmark's `setup=` runs one timed base-arm generation before every round (warm-up rounds
+included, so both arms warm up), and the round itself times the candidate: the order is B C B C ... B C, each
+arm's every timed generation immediately preceded by one generation of the other arm, so both see the same
+state (clocks, caches, allocator). Swapping the order every other round (B C C B ...) would break that
+symmetry for nothing: the one thing a fixed order favours is slow drift across ~one generation, which the A/A
+calibration (the same arrangement) measures as noise. 15 rounds per arm by default (--ab-rounds; 5 without
+--ab-base): on an H200, 7 rounds caught only 5 of 10 injected 10% slowdowns on launch-bound rows, 15 rounds
+with the process pinned to one core caught 5 of 6 (perf/RESULTS.md). The PR gate grid then runs 2 x 17
+generations per benchmark (1 warm-up + 15 timed + 1 memory on CUDA, per arm): from the H200 medians (~11 s for
+one generation of every gate-grid benchmark) about 6 min plus compiling each arm once, an estimate.
 """
 
 from __future__ import annotations
@@ -13,7 +25,10 @@ import torch
 
 from generators import GENERATORS, bench
 
+from . import ab
 from .conftest import GRIDS, benchmark_class, grid_for, inject_delay
+
+ROUNDS = 5  # timed rounds per benchmark against a stored baseline
 
 # Naive medians of this session, for the speedup column: naive is parametrized first at every point.
 _NAIVE_MEDIAN: dict[tuple, float] = {}
@@ -26,11 +41,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=[f"{v}-b{b}-n{n}-{d}" for v, b, n, d in points])
 
 
-def test_probe_host(benchmark, device: torch.device) -> None:
+def test_probe_host(benchmark, device: torch.device, ab_base: ab.Base | None) -> None:
     """The host probe: a fixed launch-bound workload PRs never change (see perf/gate.py).
 
     400 tiny kernels per round, like an eager decode loop's launches, so a slow or fast process shows here too.
+    Only the stored-baseline mode uses it (and the data refuted it there); the A/B mode needs none.
     """
+    if ab_base is not None:
+        pytest.skip("--ab-base: both arms run in this process, no probe needed")
     x = torch.ones(64, device=device)
 
     def probe() -> None:
@@ -45,33 +63,62 @@ def test_probe_host(benchmark, device: torch.device) -> None:
 
 
 def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str, batch: int, new_tokens: int,
-                  dtype: str) -> None:
+                  dtype: str, ab_base: ab.Base | None, pytestconfig: pytest.Config) -> None:
     gen = GENERATORS[variant]
     model = models_by_dtype(dtype)
     input_ids = bench.post_prompt(model, batch, device)
     eos = bench.eos_of(model)
-    delay = inject_delay(benchmark, variant)
-    out = []
+    delay = inject_delay(benchmark, variant)  # the candidate arm only
+    out, cur_times = [], []
 
     def one_generation() -> None:
         elapsed, tokens = bench.timed_call(variant, model, input_ids, new_tokens, eos)
         if delay:  # test-only slowdown for proving the gate (--inject-slowdown); never in generators/
+            start = time.perf_counter()
             time.sleep(delay * elapsed)
+            elapsed += time.perf_counter() - start
+        cur_times.append(elapsed)
         out[:] = [tokens]
 
-    bench.fresh_memory(device)
-    rounds = 3 if variant == "naive" and new_tokens > 100 else 5
-    benchmark.pedantic(one_generation, rounds=rounds, warmup_rounds=1, iterations=1)
+    long_naive = variant == "naive" and new_tokens > 100
+    info = benchmark.extra_info
+    paired = ab_base is not None and ab_base.has(variant)
+    if paired:
+        ab_rounds = pytestconfig.getoption("--ab-rounds")
+        rounds, warmup, base_times = (5 if long_naive else ab_rounds), 1, []
+
+        def base_generation() -> None:  # pedantic's setup: before every round, the warm-up rounds included
+            elapsed, _ = ab.timed_call(ab_base.package, variant, model, input_ids, new_tokens, eos)
+            base_times.append(elapsed)
+
+        ab.release(ab_base, device)
+        benchmark.pedantic(one_generation, setup=base_generation, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        info["ab_base_s"] = base_times[warmup : warmup + rounds]
+    else:  # no --ab-base, or the variant is new (absent from the base arm): the candidate alone
+        if ab_base is not None:
+            ab.release(ab_base, device)
+        else:
+            bench.fresh_memory(device)
+        rounds, warmup = (3 if long_naive else ROUNDS), 1
+        benchmark.pedantic(one_generation, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    if ab_base is not None:  # the A/B verdict's candidate samples, timed exactly like the base arm's
+        info.update(ab_base=ab_base.ref, ab_base_commit=ab_base.commit,
+                    ab_candidate_s=cur_times[warmup : warmup + rounds])
 
     steps = out[0].shape[1] - input_ids.shape[1]
     median = benchmark.stats.stats.median
     key = (batch, new_tokens, dtype)
     if variant == "naive":
         _NAIVE_MEDIAN[key] = median
-    info = benchmark.extra_info
     info.update(variant=variant, batch=batch, new_tokens=new_tokens, dtype=dtype, steps=steps,
                 tokens_per_s=batch * steps / median, speedup_vs_naive=_NAIVE_MEDIAN.get(key, float("nan")) / median)
     info["class"] = benchmark_class(gen)
     if device.type == "cuda":
+        if paired:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py says why)
+            base_peak, cur_peak = ab.arm_peaks(ab_base, variant, model, input_ids, new_tokens, eos)
+            info["ab_base_peak_above_held"], info["peak_above_held"] = base_peak[0], cur_peak[0]
+        # Absolute peaks of the last generation measured (with --ab-base: the candidate's, from a clean slate).
         info["peak_allocated"], info["peak_reserved"] = bench.peak_memory(device)
         info["fragmentation"] = 1 - info["peak_allocated"] / info["peak_reserved"]
+    # After the peaks: the first call measures the card's copy bandwidth with 1 GiB of buffers.
+    info.update(bench.roofline_info(model, batch, input_ids.shape[1], steps, median, device))

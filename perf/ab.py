@@ -1,0 +1,156 @@
+"""Interleaved A/B timing in one process: the base arm's `generators/` package, imported from a git ref.
+
+``--ab-base=REF`` extracts REF's ``generators/`` (``git archive``) into a temporary folder and imports it as the
+package ``generators_base`` next to this tree's ``generators``; the package uses only relative imports, so the
+two copies share nothing but torch, transformers and the model. ``--ab-base=self`` uses this tree's own package
+for the base arm (an A/A run: one copy, compiled once).
+
+Peak memory per arm. Timing interleaves the arms, so during the timed rounds each arm's static cache and CUDA
+graph stay resident while the other arm runs: a peak taken there is (both arms' resident memory + this arm's
+transient), and the difference between the two arms would only show transient memory, never a bigger cache.
+So each arm's peak is measured once more after the timed rounds, from a clean slate: release both arms'
+sessions, empty the cache, reset the peak counter, run one generation of that arm (it allocates its cache and
+re-captures its graph), read the peak. Both arms then start from the same resident memory (the weights and
+both arms' already-compiled code), so the peaks differ by exactly what the arm itself allocates.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+import generators
+from generators import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+SELF = "self"
+
+
+@dataclass(frozen=True)
+class Base:
+    """The base arm: the ref as given, the commit it resolved to ("self" for this tree), and its package."""
+
+    ref: str
+    commit: str
+    package: ModuleType
+    tmpdir: Path | None = None  # where the ref's generators/ was extracted (removed at the session's end)
+
+    def has(self, variant: str) -> bool:
+        return variant in self.package.GENERATORS
+
+
+def load_base(ref: str, *, repo: Path = ROOT, name: str = "generators_base") -> Base:
+    """The base arm for ``--ab-base=REF``; pytest.UsageError if git, the ref or its generators/ is missing."""
+    if ref == SELF:
+        return Base(SELF, SELF, generators)
+    git = shutil.which("git")
+    if git is None:
+        raise pytest.UsageError(f"--ab-base={ref}: git is not on PATH; it is needed to extract the base arm")
+
+    def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([git, "-C", str(repo), *args], capture_output=True, check=False, **kwargs)
+
+    resolved = run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", text=True)
+    if resolved.returncode != 0:
+        hint = ""
+        if re.fullmatch(r"[0-9a-fA-F]{7,40}", ref) and (repo / ".git" / "shallow").exists():
+            hint = " (this is a shallow clone: fetch that commit, or check out with fetch-depth: 0)"
+        raise pytest.UsageError(f"--ab-base={ref}: no such commit in the git repository at {repo}{hint}")
+    commit = resolved.stdout.strip()
+    tmpdir = Path(tempfile.mkdtemp(prefix="ab-base-"))
+    try:
+        archive = run("archive", "--format=tar", commit, "generators")
+        if archive.returncode != 0:
+            raise pytest.UsageError(f"--ab-base={ref}: commit {commit[:12]} has no generators/ package "
+                                    f"({archive.stderr.decode(errors='replace').strip()})")
+        untar = subprocess.run(["tar", "-x", "-C", str(tmpdir)], input=archive.stdout, capture_output=True)
+        if untar.returncode != 0:
+            raise pytest.UsageError(f"--ab-base={ref}: could not unpack its generators/: {untar.stderr!r}")
+        return Base(ref, commit, import_package(tmpdir / "generators", name), tmpdir)
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+
+
+def import_package(directory: Path, name: str) -> ModuleType:
+    """Import the package in `directory` under the module name `name` (its relative imports follow it)."""
+    init = directory / "__init__.py"
+    if not init.is_file():
+        raise pytest.UsageError(f"no package to import as the base arm: {init} is missing")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(directory)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before executing it, so that `from . import x` finds its parent
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        unload(name)
+        raise
+    return module
+
+
+def unload(name: str) -> None:
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+def close(base: Base) -> None:
+    if base.package is not generators:
+        unload(base.package.__name__)
+    if base.tmpdir is not None:
+        shutil.rmtree(base.tmpdir, ignore_errors=True)
+
+
+def timed_call(package: ModuleType, name: str, model: torch.nn.Module, input_ids: torch.Tensor,
+               max_new_tokens: int, eos: int | None) -> tuple[float, torch.Tensor]:
+    """generators.bench.timed_call for any package's GENERATORS (the same synchronisation around the call)."""
+    _sync(input_ids.device)
+    start = time.perf_counter()
+    out = package.GENERATORS[name](model, input_ids, max_new_tokens, eos_token_id=eos)
+    _sync(input_ids.device)
+    return time.perf_counter() - start, out
+
+
+def release(base: Base, device: torch.device) -> None:
+    """bench.fresh_memory for both arms: drop every cached static cache and graph of either package."""
+    release_base = getattr(base.package, "release_sessions", None)
+    if release_base is not None:  # a base older than release_sessions keeps its sessions (documented limit)
+        release_base()
+    bench.fresh_memory(device)  # this tree's sessions, gc, empty_cache, reset the peak counters
+
+
+def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
+              eos: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(peak allocated, peak reserved) above what the process held when that arm started: the base arm's, then
+    the candidate's, each from a clean slate.
+
+    Above what it held: on an H200 the second arm's absolute peak was a constant ~33 MiB higher in A/A runs (what
+    the first arm's compiled step and graph leave behind after release), +3.9% of a CUDA-graph row's peak at
+    b=32 and more than the 5% rule at b=1; subtracting the memory held at the start cancels that.
+    """
+    device = input_ids.device
+    peaks = []
+    for package in (base.package, generators):
+        release(base, device)
+        held = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+        timed_call(package, variant, model, input_ids, max_new_tokens, eos)
+        peak = bench.peak_memory(device)
+        peaks.append((peak[0] - held[0], peak[1] - held[1]))
+    gc.collect()
+    return peaks[0], peaks[1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
