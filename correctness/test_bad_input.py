@@ -81,3 +81,14 @@ def test_cuda_only_generator_rejects_a_cpu_model(name: str) -> None:
 def test_input_ids_on_another_device(name: str, device: torch.device) -> None:
     with pytest.raises(ValueError, match="input_ids"):
         generate(name, contract_model(device), prompts("cpu"), 4)
+
+
+def test_lean_forward_rejects_a_model_it_does_not_implement() -> None:
+    # Mistral has Llama's layout but sliding-window attention; the lean step must refuse it, not run it wrong.
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=1, vocab_size=64, max_position_embeddings=64)
+    model = MistralForCausalLM(config).eval()
+    with pytest.raises(ValueError, match="lean step supports gpt2, llama.*'mistral'"):
+        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)

@@ -48,10 +48,7 @@ class Measurement:
 
     @property
     def fragmentation(self) -> float | None:
-        """Share of reserved memory not allocated at the peak: what the post's allocator tricks shrink."""
-        if not self.peak_reserved:
-            return None
-        return 1 - self.peak_allocated / self.peak_reserved
+        return fragmentation(self.peak_allocated, self.peak_reserved)
 
     @property
     def bandwidth_utilisation(self) -> float | None:
@@ -122,6 +119,13 @@ def measure(name: str, model: torch.nn.Module, batch: int, max_new_tokens: int, 
     roof = roofline(model, batch, input_ids.shape[1], m.steps, bandwidth)
     m.bytes_per_step, m.floor_s = roof["bytes_per_step"], roof["floor_s"]
     return m
+
+
+def fragmentation(peak_allocated: int | None, peak_reserved: int | None) -> float | None:
+    """Share of reserved memory not allocated at the peak: what the post's allocator tricks shrink."""
+    if not peak_reserved:
+        return None
+    return 1 - peak_allocated / peak_reserved
 
 
 def peak_memory(device: torch.device) -> tuple[int, int]:

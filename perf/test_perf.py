@@ -119,6 +119,6 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
             info["ab_base_peak_above_held"], info["peak_above_held"] = base_peak[0], cur_peak[0]
         # Absolute peaks of the last generation measured (with --ab-base: the candidate's, from a clean slate).
         info["peak_allocated"], info["peak_reserved"] = bench.peak_memory(device)
-        info["fragmentation"] = 1 - info["peak_allocated"] / info["peak_reserved"]
+        info["fragmentation"] = bench.fragmentation(info["peak_allocated"], info["peak_reserved"])
     # After the peaks: the first call measures the card's copy bandwidth with 1 GiB of buffers.
     info.update(bench.roofline_info(model, batch, input_ids.shape[1], steps, median, device))
