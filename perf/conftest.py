@@ -75,6 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--inject-slowdown wants VARIANT:SHARE[,VARIANT:SHARE...] with known variants, "
                                     f"got {spec!r}")
         _INJECTED[variant] = float(share)
+    if config.getoption("--ab-rounds", default=15) < 3:
+        raise pytest.UsageError("--ab-rounds needs at least 3 timed rounds per arm for a median and a CI")
     ref = config.getoption("--ab-base", default=None)
     if ref is not None:
         config.stash[AB_BASE] = ab.load_base(ref)

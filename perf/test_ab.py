@@ -164,3 +164,15 @@ def test_ab_smoke_session_flags_the_injected_slowdown_only(tmp_path: Path) -> No
     effect = r"\+\d+\.\d%"
     row = rf"naive-b4-n16-float32\] \| regressed \| {effect} \| {effect} \.\. {effect} \| ±5\.0%"
     assert re.search(row, text), text
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--ab-rounds=2", "at least 3 timed rounds"),
+    ("--inject-slowdown=naive:0.1,nope:0.1", "known variants, got 'nope:0.1'"),
+])
+def test_bad_gate_options_are_usage_errors(option: str, message: str) -> None:
+    cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--ab-base=self", "--device=cpu", option,
+           "--collect-only", "-q", "-p", "no:cacheprovider"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert message in result.stderr, result.stderr
