@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import GENERATORS, release_sessions
+from .lean import kv_heads_and_dim
 
 
 def post_prompt(model: torch.nn.Module, batch: int, device: torch.device | str) -> torch.Tensor:
@@ -88,11 +89,13 @@ def fresh_memory(device: torch.device) -> None:
 
 
 def timed_call(name: str, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-               eos: int | None) -> tuple[float, torch.Tensor]:
-    """One generation, bracketed by device synchronisation (the generators also sync when they return)."""
+               eos: int | None, registry: dict | None = None) -> tuple[float, torch.Tensor]:
+    """One generation, bracketed by device synchronisation (the generators also sync when they return).
+
+    `registry`: another copy's GENERATORS (the perf gate's base arm), timed by this same harness."""
     _sync(input_ids.device)
     start = time.perf_counter()
-    out = GENERATORS[name](model, input_ids, max_new_tokens, eos_token_id=eos)
+    out = (GENERATORS if registry is None else registry)[name](model, input_ids, max_new_tokens, eos_token_id=eos)
     _sync(input_ids.device)
     return time.perf_counter() - start, out
 
@@ -163,9 +166,7 @@ def kv_bytes_per_position(model: torch.nn.Module, batch: int) -> int:
     """Bytes of K and V for one position over all layers and `batch` rows: 2 * layers * kv_heads * head_dim
     * element size * batch. GQA models (Llama) cache num_key_value_heads, not num_attention_heads."""
     config = model.config.get_text_config()
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads, head_dim = kv_heads_and_dim(config)
     element = next(model.parameters()).element_size()  # the cache has the model's dtype
     return 2 * config.num_hidden_layers * kv_heads * head_dim * element * batch
 

@@ -23,6 +23,13 @@ from torch import nn
 SUPPORTED = ("gpt2", "llama")
 
 
+def kv_heads_and_dim(config: object) -> tuple[int, int]:
+    """(K/V heads, head dim) of a decoder's cache: GQA models (Llama) cache num_key_value_heads, not all heads."""
+    heads = config.num_attention_heads
+    return (getattr(config, "num_key_value_heads", None) or heads,
+            getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
 class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
 
@@ -34,8 +41,7 @@ class LeanModel(nn.Module):
             raise ValueError(f"the lean step supports {', '.join(SUPPORTED)} models; this one is {kind!r}")
         self.kind, self.hf = kind, model  # a submodule: its parameters are the ones we read
         self.n_head = config.num_attention_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_head
-        self.n_kv_head = getattr(config, "num_key_value_heads", None) or self.n_head
+        self.n_kv_head, self.head_dim = kv_heads_and_dim(config)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         if kind == "gpt2":
             if config.reorder_and_upcast_attn:

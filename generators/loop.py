@@ -106,15 +106,20 @@ def decode_one_token(model: torch.nn.Module, cache_kwargs: dict, d: Decoding) ->
     append_token(d, out.logits[:, -1])
 
 
+def _compile_step(step: Callable, *, dynamic: bool) -> Callable:
+    # fullgraph: a graph break would silently put Python back in the hot loop. The recompile limit: one
+    # process compiles a step for many shapes (the main job's and perf's grids, the correctness shapes).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(step, fullgraph=True, dynamic=dynamic)
+
+
 @cache
 def compiled_decode_one_token():
     # One compiled function shared by every compiled variant, so they share dynamo's cache of compiled
     # graphs. dynamic=True: batch and cache length are symbolic, so a model compiles once per process (plus
     # once for batch 1, which dynamo specialises) instead of once per grid point; the step is memory-bound
     # and its matmuls go to cuBLAS either way. CUDA-graph variants still capture one fixed shape.
-    # fullgraph: a graph break would silently put Python back in the hot loop.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(decode_one_token, fullgraph=True, dynamic=True)
+    return _compile_step(decode_one_token, dynamic=True)
 
 
 def lean_decode_one_token(lean: LeanModel, caches: list, d: Decoding) -> None:
@@ -127,8 +132,7 @@ def lean_decode_one_token(lean: LeanModel, caches: list, d: Decoding) -> None:
 def compiled_lean_decode_one_token():
     # Static shapes (dynamic=False): the lean step is small enough that specialising every size pays, and it
     # compiles in seconds, so a recompile per grid point is cheap.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(lean_decode_one_token, fullgraph=True, dynamic=False)
+    return _compile_step(lean_decode_one_token, dynamic=False)
 
 
 # --- Sessions: the static cache and state buffers a compiled or captured step is bound to ---------------
@@ -164,19 +168,10 @@ class StaticSession:
         static_prefill(self.model, self.kv_cache, self.d)
 
     def _capture(self, input_ids: torch.Tensor) -> None:
-        # Warm up (compile, autotune, lazy cache allocation) on a side stream, as the CUDA graphs docs ask,
-        # then capture one decode step. Replays advance `col`, the cache fill level and `finished` on device.
+        # Replays advance `col`, the cache fill level and `finished` on device.
         self.reset(input_ids)
         self.prefill()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.step()
+        self.graph = capture(self.step)
         self.step = self.graph.replay
 
 
@@ -198,6 +193,22 @@ class LeanSession(StaticSession):
     def prefill(self) -> None:
         positions = torch.arange(self.d.prompt_len, device=self.d.tokens.device)
         append_token(self.d, self.lean(self.d.tokens[:, : self.d.prompt_len], positions, self.caches))
+
+
+def capture(step: Callable[[], None], steps: int = 1) -> torch.cuda.CUDAGraph:
+    """Warm `step` up (compile, autotune, lazy allocation) on a side stream, as the CUDA graphs docs ask, then
+    capture `steps` calls of it in one graph. Warm-up and capture each advance the state: 3 + steps steps."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            step()
+    return graph
 
 
 _SESSIONS: OrderedDict[tuple, StaticSession] = OrderedDict()

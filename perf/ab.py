@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -112,16 +111,6 @@ def close(base: Base) -> None:
         shutil.rmtree(base.tmpdir, ignore_errors=True)
 
 
-def timed_call(package: ModuleType, name: str, model: torch.nn.Module, input_ids: torch.Tensor,
-               max_new_tokens: int, eos: int | None) -> tuple[float, torch.Tensor]:
-    """generators.bench.timed_call for any package's GENERATORS (the same synchronisation around the call)."""
-    _sync(input_ids.device)
-    start = time.perf_counter()
-    out = package.GENERATORS[name](model, input_ids, max_new_tokens, eos_token_id=eos)
-    _sync(input_ids.device)
-    return time.perf_counter() - start, out
-
-
 def release(base: Base, device: torch.device) -> None:
     """bench.fresh_memory for both arms: drop every cached static cache and graph of either package."""
     release_base = getattr(base.package, "release_sessions", None)
@@ -131,9 +120,9 @@ def release(base: Base, device: torch.device) -> None:
 
 
 def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-              eos: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(peak allocated, peak reserved) above what the process held when that arm started: the base arm's, then
-    the candidate's, each from a clean slate.
+              eos: int | None) -> tuple[int, int]:
+    """Peak allocated bytes above what the process held when that arm started: the base arm's, then the
+    candidate's, each from a clean slate.
 
     Above what it held: on an H200 the second arm's absolute peak was a constant ~33 MiB higher in A/A runs (what
     the first arm's compiled step and graph leave behind after release), +3.9% of a CUDA-graph row's peak at
@@ -143,14 +132,9 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
     peaks = []
     for package in (base.package, generators):
         release(base, device)
-        held = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
-        timed_call(package, variant, model, input_ids, max_new_tokens, eos)
-        peak = bench.peak_memory(device)
-        peaks.append((peak[0] - held[0], peak[1] - held[1]))
+        held = torch.cuda.memory_allocated(device)
+        bench.timed_call(variant, model, input_ids, max_new_tokens, eos, registry=package.GENERATORS)
+        peaks.append(bench.peak_memory(device)[0] - held)
     gc.collect()
     return peaks[0], peaks[1]
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -51,20 +51,11 @@ def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[i
     """Median ms of n lean steps as n / s replays of a graph holding s steps."""
     ids = bench.post_prompt(model, batch, "cuda")
     session = loop.LeanSession(model, ids, n + max(s_values), None, None, "compile")
-    session.reset(ids)
-    session.prefill()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # compile and warm up off the capture stream, as loop.StaticSession does
-            session.step()
-    torch.cuda.current_stream().wait_stream(side)
     out = {}
     for s in s_values:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(s):
-                session.step()
+        session.reset(ids)  # capture() runs 3 + s steps: room for them after the prompt
+        session.prefill()
+        graph = loop.capture(session.step, s)
         times = []
         for _ in range(7):
             session.reset(ids)

@@ -88,7 +88,8 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
         rounds, warmup, base_times = (5 if long_naive else ab_rounds), 1, []
 
         def base_generation() -> None:  # pedantic's setup: before every round, the warm-up rounds included
-            elapsed, _ = ab.timed_call(ab_base.package, variant, model, input_ids, new_tokens, eos)
+            elapsed, _ = bench.timed_call(variant, model, input_ids, new_tokens, eos,
+                                          registry=ab_base.package.GENERATORS)
             base_times.append(elapsed)
 
         ab.release(ab_base, device)
@@ -116,7 +117,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     if device.type == "cuda":
         if paired:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py says why)
             base_peak, cur_peak = ab.arm_peaks(ab_base, variant, model, input_ids, new_tokens, eos)
-            info["ab_base_peak_above_held"], info["peak_above_held"] = base_peak[0], cur_peak[0]
+            info["ab_base_peak_above_held"], info["peak_above_held"] = base_peak, cur_peak
         # Absolute peaks of the last generation measured (with --ab-base: the candidate's, from a clean slate).
         info["peak_allocated"], info["peak_reserved"] = bench.peak_memory(device)
         info["fragmentation"] = bench.fragmentation(info["peak_allocated"], info["peak_reserved"])
