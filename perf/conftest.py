@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--expandable-segments", action="store_true",
                     help="run with PYTORCH_ALLOC_CONF=expandable_segments:True (set before CUDA initialises)")
     group.addoption("--inject-slowdown", metavar="VARIANT:SHARE[,...]",
-                    help="TEST ONLY: sleep SHARE x each timed generation of VARIANT, to prove the gate fires "
+                    help="TEST ONLY: busy-wait SHARE x each timed generation of VARIANT, to prove the gate fires "
                          "(with --ab-base: the candidate arm only)")
     group.addoption("--ab-rounds", type=int, default=15, metavar="N",
                     help="timed rounds per arm with --ab-base (default 15: with 7, launch-bound rows missed half of "

@@ -3,8 +3,9 @@
 Two modes. **A/B in one process (the gate CI runs, ``--ab-base=REF``):** the perf session imports REF's
 ``generators/`` as a second package and times both arms interleaved, round by round, in the same process
 (perf/ab.py, perf/test_perf.py), so whatever makes one process faster or slower than another cancels. Each
-benchmark is judged on its own pair: ``judge(..., paired=True)`` (no probe, the bootstrap resamples rounds
-jointly, so a slow spell that hits both arms of a round does not widen the CI) against the A/B noise band
+benchmark is judged on its own pair: ``judge(..., paired=True)`` (no probe; the statistic is the median of the
+per-round ratios and its bootstrap resamples rounds, so a slow spell that hits both arms of a round cancels inside
+that round's ratio) against the A/B noise band
 (``DEFAULT_BAND_AB``, or per benchmark from ``bands_ab.json`` beside the baselines, made by
 ``calibrate_ab_bands`` from A/A sessions: on a clean checkout, >= 5 times
 ``python -m pytest perf/test_perf.py --perf-grid=gate --ab-base=HEAD --benchmark-json=aaN.json``, then
@@ -24,8 +25,10 @@ compared with a baseline recorded by another process. Measured between separate 
   and the normalisation are kept only because this mode still uses them; do not gate host-class rows on a
   stored baseline. The A/B mode needs no probe.
 
-Statistic (both modes): ``r = median(current) / median(baseline)`` with a seeded bootstrap 95% confidence
-interval. A time verdict needs *both* conditions:
+Statistic: stored baseline ``r = median(current) / median(baseline)``; A/B ``r = median over rounds i of
+current_i / baseline_i``, because a slow spell common to both arms of one round cancels inside that round's ratio
+but not between two medians taken over all rounds. Either way with a seeded bootstrap 95% confidence interval (A/B:
+rounds resampled, each round's pair kept together). A time verdict needs *both* conditions:
 
 * ``r`` beyond the benchmark's noise band. The band is the noise of ``r`` between reruns of an unchanged tree
   (``calibrate_bands`` for stored baselines, ``calibrate_ab_bands`` for A/A sessions); a CI cannot see
@@ -82,7 +85,9 @@ class Verdict:
     name: str
     status: str  # time verdict: one of the status strings above
     klass: str
-    ratio: float | None = None  # median(current) / median(baseline); stored mode: host class probe-normalised
+    # Stored mode: median(current) / median(baseline), host class probe-normalised. A/B (paired) mode: the
+    # median of the per-round ratios current_i / baseline_i.
+    ratio: float | None = None
     ci_low: float | None = None  # bootstrap 95% CI on ratio
     ci_high: float | None = None
     band: float | None = None  # relative noise band it was judged against, 0.03 = +-3%
@@ -135,8 +140,8 @@ def judge(
     """Judge one benchmark. ``None`` samples mean absent from that side (NEW / MISSING).
 
     ``paired=True`` (A/B mode): ``base_samples[i]`` and ``cur_samples[i]`` were timed back to back in round i of
-    one process. Then no probe is used (the process is common to both), the bootstrap resamples rounds jointly,
-    and the default band is ``DEFAULT_BAND_AB``.
+    one process. Then no probe is used (the process is common to both), the statistic is the median of the
+    per-round ratios (the bootstrap resamples rounds) and the default band is ``DEFAULT_BAND_AB``.
     """
     _check_class(name, klass)
     if base_samples is None and cur_samples is None:
@@ -159,8 +164,13 @@ def judge(
     else:
         source = "stored"
 
-    ratio = statistics.median(cur) / statistics.median(base)
-    low, high = _bootstrap_ci(base, cur, seed, paired)
+    if paired:
+        per_round = _round_ratios(base, cur)
+        ratio = statistics.median(per_round)
+        low, high = _bootstrap_ci_paired(per_round, seed)
+    else:
+        ratio = statistics.median(cur) / statistics.median(base)
+        low, high = _bootstrap_ci_unpaired(base, cur, seed)
     if band > BAND_CAP:
         status = TOO_NOISY
     elif ratio > 1 + band and low > 1:
@@ -216,9 +226,11 @@ def calibrate_ab_bands(
     """A/B noise band per benchmark from >= 2 A/A sessions (both arms the same code: ``--ab-base=HEAD`` on a clean
     checkout, or ``--ab-base=self``), each ``{name: (base samples, candidate samples)}``.
 
-    In an A/A session the true ratio is 1, so every ``r`` is pure noise: band = max(BAND_FLOOR[class], SAFETY *
-    max over sessions |log r|), as a relative share. Not capped, like ``calibrate_bands``: above BAND_CAP the
-    benchmark is reported TOO_NOISY. A benchmark seen in fewer than two sessions gets no band.
+    ``r`` is the paired judge's statistic, the median of the session's per-round ratios, so each session needs
+    one candidate time per base time. In an A/A session the true ratio is 1, so every ``r`` is pure noise: band =
+    max(BAND_FLOOR[class], SAFETY * max over sessions |log r|), as a relative share. Not capped, like
+    ``calibrate_bands``: above BAND_CAP the benchmark is reported TOO_NOISY. A benchmark seen in fewer than two
+    sessions gets no band.
     """
     if len(sessions) < 2:
         raise ValueError(f"calibrate_ab_bands needs >= 2 A/A sessions, got {len(sessions)}")
@@ -230,7 +242,10 @@ def calibrate_ab_bands(
             _check_class(name, classes[name])
             base = _normalise(name, f"session {i} base", base_samples, DEVICE, None)
             cur = _normalise(name, f"session {i} candidate", cur_samples, DEVICE, None)
-            logs.setdefault(name, []).append(abs(math.log(statistics.median(cur) / statistics.median(base))))
+            if len(base) != len(cur):
+                raise ValueError(f"{name}: A/A session {i} has {len(base)} base and {len(cur)} candidate times, "
+                                 f"needs one of each per round")
+            logs.setdefault(name, []).append(abs(math.log(statistics.median(_round_ratios(base, cur)))))
     return {
         name: max(BAND_FLOOR[classes[name]], math.expm1(SAFETY * max(values)))
         for name, values in logs.items()
@@ -262,7 +277,10 @@ def gate_failed(verdicts: Iterable[Verdict]) -> bool:
 
 
 def format_table(verdicts: Iterable[Verdict]) -> str:
-    """Markdown table: benchmark | verdict | effect | 95% CI | noise band | memory delta."""
+    """Markdown table: benchmark | verdict | effect | 95% CI | noise band | memory delta.
+
+    The effect is ``ratio - 1``: in A/B mode the median per-round change, else the change of the median.
+    """
     lines = [
         "| benchmark | verdict | effect | 95% CI | noise band | memory Δ |",
         "|---|---|---|---|---|---|",
@@ -303,21 +321,28 @@ def _normalise(
     return [t / probe for t in samples]
 
 
-def _bootstrap_ci(base: list[float], cur: list[float], seed: int, paired: bool = False) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of median(cur) / median(base); seeded so a verdict is reproducible.
+def _round_ratios(base: list[float], cur: list[float]) -> list[float]:
+    """cur_i / base_i per round: what both arms of a round share cancels here."""
+    return [c / b for b, c in zip(base, cur, strict=True)]
 
-    Paired: resample rounds, keeping each round's two times together (what they share cancels in the ratio).
-    """
+
+def _bootstrap_ci_paired(per_round: list[float], seed: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of the median per-round ratio, resampling rounds; seeded so a verdict is
+    reproducible."""
     rng = random.Random(seed)
-    if paired:
-        rounds = range(len(cur))
-        picks = (rng.choices(rounds, k=len(cur)) for _ in range(RESAMPLES))
-        ratios = [statistics.median([cur[i] for i in p]) / statistics.median([base[i] for i in p]) for p in picks]
-    else:
-        ratios = [
-            statistics.median(rng.choices(cur, k=len(cur))) / statistics.median(rng.choices(base, k=len(base)))
-            for _ in range(RESAMPLES)
-        ]
+    return _percentile_ci([statistics.median(rng.choices(per_round, k=len(per_round))) for _ in range(RESAMPLES)])
+
+
+def _bootstrap_ci_unpaired(base: list[float], cur: list[float], seed: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of median(cur) / median(base), the two sides resampled independently."""
+    rng = random.Random(seed)
+    return _percentile_ci([
+        statistics.median(rng.choices(cur, k=len(cur))) / statistics.median(rng.choices(base, k=len(base)))
+        for _ in range(RESAMPLES)
+    ])
+
+
+def _percentile_ci(ratios: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(ratios, n=40, method="inclusive")  # cut points at 1/40 .. 39/40
     return cuts[0], cuts[-1]
 

@@ -346,6 +346,56 @@ def test_ab_paired_samples_need_one_base_time_per_round() -> None:
         judge("b", [1.0, 1.1], [1.0], klass=DEVICE, paired=True)
 
 
+def drift_session(seed: int, slowdown: float, rounds: int = 15) -> tuple[list[float], list[float]]:
+    """Paired rounds under strong round-level drift: each round's both arms share a factor drawn from 0.6..1.6,
+    plus ~1% independent noise per generation; the candidate is `slowdown` x slower."""
+    rng = random.Random(seed)
+    base, cur = [], []
+    for _ in range(rounds):
+        common = BENCH * rng.uniform(0.6, 1.6)
+        base.append(common * math.exp(rng.gauss(0.0, 0.01)))
+        cur.append(common * slowdown * math.exp(rng.gauss(0.0, 0.01)))
+    return base, cur
+
+
+def test_ab_round_drift_alone_is_within_noise() -> None:
+    for seed in SEEDS:
+        v = judge("b", *drift_session(seed, 1.0), klass=HOST, paired=True)
+        assert v.status == WITHIN_NOISE, v.summary()
+        assert v.ratio == pytest.approx(1.0, abs=0.02), v.summary()
+
+
+def test_ab_ten_percent_slowdown_under_round_drift_is_flagged_at_its_size() -> None:
+    for seed in SEEDS:
+        v = judge("b", *drift_session(seed, 1.10), klass=HOST, paired=True)
+        assert v.status == REGRESSED, v.summary()
+        assert v.ratio == pytest.approx(1.10, abs=0.02), v.summary()
+
+
+def spell_boundary_session(seed: int = 0) -> tuple[list[float], list[float]]:
+    """15 rounds, candidate 10% slower, with slow spells (x1.5) of the whole host: in 7 rounds both arms ran fast,
+    in 5 both slow, and in 3 a spell ended between the base and the candidate generation (base slow, candidate
+    fast). Each arm's median then falls in a different state: the base's among its 8 slow times, the candidate's
+    among its 10 fast ones."""
+    rng = random.Random(seed)
+    states = [(1.0, 1.0)] * 7 + [(1.5, 1.5)] * 5 + [(1.5, 1.0)] * 3  # (base, candidate) host speed per round
+    rng.shuffle(states)
+    base = [BENCH * b * math.exp(rng.gauss(0.0, 0.01)) for b, _ in states]
+    cur = [BENCH * c * 1.10 * math.exp(rng.gauss(0.0, 0.01)) for _, c in states]
+    return base, cur
+
+
+def test_ab_statistic_is_the_median_of_per_round_ratios() -> None:
+    for seed in range(5):
+        base, cur = spell_boundary_session(seed)
+        # The ratio of medians compares a fast candidate time with a slow base time: it reads a 25% *speedup*.
+        assert statistics.median(cur) / statistics.median(base) < 0.8
+        # 12 of the 15 rounds ran both arms in the same state; their ratios carry the true +10%.
+        v = judge("b", base, cur, klass=HOST, paired=True)
+        assert v.status == REGRESSED, v.summary()
+        assert v.ratio == pytest.approx(1.10, abs=0.02), v.summary()
+
+
 def _aa(ratios: list[float]) -> list[dict]:
     return [{"b": ([1.0] * 5, [r] * 5)} for r in ratios]
 
@@ -360,6 +410,20 @@ def test_calibrate_ab_bands() -> None:
                                    {"b": DEVICE, "once": DEVICE}) == {"b": gate.BAND_FLOOR[DEVICE]}
     with pytest.raises(ValueError, match=">= 2 A/A sessions"):
         gate.calibrate_ab_bands(_aa([1.0]), {"b": DEVICE})
+
+
+def test_calibrate_ab_bands_uses_the_paired_statistic() -> None:
+    # A spell ended mid-round in the second round: per-round ratios 1.03, 1.03, 0.67, median 1.03. The ratio of
+    # medians (1.03 / 1.5) would call this A/A session 31% apart and the benchmark too noisy to gate.
+    spell = {"b": ([1.0, 1.5, 1.5], [1.03, 1.545, 1.0])}
+    bands = gate.calibrate_ab_bands([spell, {"b": ([1.0] * 3, [1.0] * 3)}], {"b": HOST})
+    assert bands["b"] == pytest.approx(1.03**gate.SAFETY - 1)
+
+
+def test_calibrate_ab_bands_needs_one_candidate_time_per_base_time() -> None:
+    sessions = [{"b": ([1.0] * 3, [1.0] * 3)}, {"b": ([1.0] * 3, [1.0] * 2)}]
+    with pytest.raises(ValueError, match=r"^b: A/A session 1 has 3 base and 2 candidate times"):
+        gate.calibrate_ab_bands(sessions, {"b": DEVICE})
 
 
 def test_calibrate_ab_command_reads_benchmark_json(tmp_path, capsys) -> None:

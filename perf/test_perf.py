@@ -74,8 +74,13 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     def one_generation() -> None:
         elapsed, tokens = bench.timed_call(variant, model, input_ids, new_tokens, eos)
         if delay:  # test-only slowdown for proving the gate (--inject-slowdown); never in generators/
+            # Spin, don't sleep: a sleeping CPU drops its clock or idles, so the next generation (always the base
+            # arm's, B C B C) runs slower and the measured effect falls short of the injected share. Spinning
+            # keeps the host busy the way slower host code would.
             start = time.perf_counter()
-            time.sleep(delay * elapsed)
+            end = start + delay * elapsed
+            while time.perf_counter() < end:
+                pass
             elapsed += time.perf_counter() - start
         cur_times.append(elapsed)
         out[:] = [tokens]
