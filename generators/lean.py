@@ -10,8 +10,9 @@ kernels and one CUDA graph replays it:
 - a step's attention is a few fused reductions over the whole cache with a positions mask built once per
   step (not per layer); the cache is short (P + N), so attending over its unfilled tail costs less than a
   shape that changes every step, which a CUDA graph could not replay;
-- norms, MLPs and projections are the model's own modules, called as they are: same weights (no copies),
-  same math.
+- norms and activations are the model's own modules, called as they are; projections read the model's own
+  weights (no copies), through skinny.py's matmul on CUDA when a step has <= 32 rows (cuBLAS's split-K
+  kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import skinny
 
 SUPPORTED = ("gpt2", "llama")
 
@@ -33,8 +36,9 @@ def kv_heads_and_dim(config: object) -> tuple[int, int]:
 class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, skinny_matmul: bool = True) -> None:
         super().__init__()
+        self.skinny_matmul = skinny_matmul  # False: every projection through its module (perf/lean_probe.py)
         config = model.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -84,9 +88,10 @@ class LeanModel(nn.Module):
             t = self.hf.transformer
             h = t.wte(tokens) + t.wpe(positions)[None]
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
-                h = h + layer.attn.c_proj(self._attend(*layer.attn.c_attn(layer.ln_1(h)).chunk(3, dim=-1),
-                                                       positions, mask, cache, scale))
-                h = h + layer.mlp(layer.ln_2(h))
+                a, mlp = layer.attn, layer.mlp
+                q, k, v = self._project(a.c_attn, layer.ln_1(h)).chunk(3, dim=-1)
+                h = h + self._project(a.c_proj, self._attend(q, k, v, positions, mask, cache, scale))
+                h = h + self._project(mlp.c_proj, mlp.act(self._project(mlp.c_fc, layer.ln_2(h))))
             h = t.ln_f(h[:, -1])
         else:
             m = self.hf.model
@@ -94,12 +99,25 @@ class LeanModel(nn.Module):
             cos, sin = (table[positions][None] for table in self.rope)  # [1, T, head_dim]
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a = layer.self_attn
-                x = layer.input_layernorm(h)
-                q, k = (self._rotate(p(x), cos, sin) for p in (a.q_proj, a.k_proj))
-                h = h + a.o_proj(self._attend(q, k, a.v_proj(x), positions, mask, cache, scale))
-                h = h + layer.mlp(layer.post_attention_layernorm(h))
+                x, mlp = layer.input_layernorm(h), layer.mlp
+                q, k = (self._rotate(self._project(p, x), cos, sin) for p in (a.q_proj, a.k_proj))
+                h = h + self._project(a.o_proj, self._attend(q, k, self._project(a.v_proj, x), positions, mask,
+                                                             cache, scale))
+                x = layer.post_attention_layernorm(h)
+                h = h + self._project(mlp.down_proj,
+                                      mlp.act_fn(self._project(mlp.gate_proj, x)) * self._project(mlp.up_proj, x))
             h = m.norm(h[:, -1])
         return self.hf.lm_head(h)  # [B, V]: only the last position's logits are ever computed
+
+    def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """proj(x) for GPT-2's Conv1D (weight [in, out]) or nn.Linear (weight [out, in]), same weights."""
+        rows = x.reshape(-1, x.shape[-1])
+        if not (self.skinny_matmul and skinny.available(rows)):
+            return proj(x)
+        w = proj.weight if self.kind == "gpt2" else proj.weight.t()  # a view: [in, out] either way
+        y = skinny.matmul(rows, w)
+        y = y if proj.bias is None else y + proj.bias
+        return y.view(*x.shape[:-1], -1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape

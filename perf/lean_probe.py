@@ -1,12 +1,17 @@
-"""Evidence for the lean step (issue 6): where a decode step's GPU time goes, and whether several steps per
-CUDA graph pay.
+"""Evidence for the lean step (issue 6): where a decode step's GPU time goes, whether several steps per CUDA
+graph pay, and what skinny.py's matmul gives against cuBLAS.
 
     python -m perf.lean_probe --batch 1 32 --out out/
 
 Kernels per step: CUDA kernels (memcpy/memset excluded) the profiler sees in a compiled, not captured,
 generation of 2 + K steps minus one of 2 steps, divided by K, so the prefill does not count; the same profile
 gives each kernel's GPU time per step. Steps per graph: one captured graph holding S lean steps, replayed
-N / S times with no stop check, against the same N steps as single-step replays.
+N / S times with no stop check, against the same N steps as single-step replays; the same with the lean
+step's projections through their modules (cuBLAS) instead of skinny.py. GEMMs: GPT-2 small's four layer
+projections at M = batch rows, each shape as one graph of 12 calls over the 12 layers' own weights (distinct
+tensors, so L2 holds none of them between calls), replayed; cuBLAS as the model calls it (addmm on the
+[in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and skinny.py's
+kernel (partial sums only: their sum is fused into the next kernel in the compiled step).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from generators import Generator, bench, loop, models, release_sessions
+from generators import Generator, bench, loop, models, release_sessions, skinny
 
 COMPILED = {
     "hf": Generator("static_compiled", "", execution="compile"),
@@ -47,10 +53,51 @@ def step_profile(g: Generator, model: torch.nn.Module, batch: int, k: int = 10, 
             "top_kernels_us_per_step": dict(sorted(per_name.items(), key=lambda kv: -kv[1])[:top])}
 
 
-def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int]) -> dict[int, float]:
+def _graph_us(calls: list, reps: int = 20) -> float:
+    """Median us per call of `calls` captured in one graph and replayed."""
+    graph = loop.capture(lambda: [c() for c in calls])
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]:
+    """us per call and GB/s of weights read, per layer projection shape, at M = rows."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    out = {}
+    for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        mods = [layer.get_submodule(name) for layer in model.transformer.h]
+        x = torch.randn(rows, mods[0].weight.shape[0], device="cuda", dtype=mods[0].weight.dtype)
+        transposed = [m.weight.t().contiguous() for m in mods]
+        arms = {
+            "cublas_addmm": [lambda m=m, x=x: torch.addmm(m.bias, x, m.weight) for m in mods],
+            "cublas_linear_transposed": [lambda m=m, w=w, x=x: F.linear(x, w, m.bias)
+                                         for m, w in zip(mods, transposed, strict=True)],
+            "skinny_partials": [lambda m=m, x=x: skinny.skinny_partials(x, m.weight, tf32) for m in mods],
+        }
+        nbytes = mods[0].weight.numel() * mods[0].weight.element_size()
+        k, n = mods[0].weight.shape
+        shape = f"{name} {(k, n)} plan {skinny.plan(rows, n, k, skinny._sm_count(x.device))}"
+        out[shape] = {}
+        for arm, calls in arms.items():
+            us = _graph_us(calls)
+            out[shape][arm] = {"us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1)}
+        del transposed
+    return out
+
+
+def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int],
+                    skinny_matmul: bool = True) -> dict[int, float]:
     """Median ms of n lean steps as n / s replays of a graph holding s steps."""
     ids = bench.post_prompt(model, batch, "cuda")
     session = loop.LeanSession(model, ids, n + max(s_values), None, None, "compile")
+    session.lean.skinny_matmul = skinny_matmul  # before the first trace: dynamo guards on it
     out = {}
     for s in s_values:
         session.reset(ids)  # capture() runs 3 + s steps: room for them after the prompt
@@ -71,19 +118,25 @@ def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[i
     return out
 
 
+@torch.inference_mode()  # as every generator runs: the skinny matmul has no autograd formula
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out", default="out")
+    parser.add_argument("--steps-per-graph", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiler (kernel counts)")
     args = parser.parse_args()
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
     for batch in args.batch:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
-        row = {"batch": batch, "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, [1, 4])}
+        row = {"batch": batch,
+               "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, args.steps_per_graph),
+               "ms per 96 lean steps, projections through cuBLAS": steps_per_graph(model, batch, 96, [1], False)}
         release_sessions()
-        for label, g in COMPILED.items():
+        row["gemm_us"] = gemm_table(model, batch)
+        for label, g in {} if args.no_profile else COMPILED.items():
             row[label] = step_profile(g, model, batch)
             release_sessions()
         print(json.dumps(row, indent=1), flush=True)

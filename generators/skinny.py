@@ -1,0 +1,103 @@
+"""A matmul for decoding's skinny shapes: x [M <= 64, K] @ W [K, N] with M the batch, N and K the layer's.
+
+Why: at M = 32 an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at ~0.85 TB/s,
+a fifth of copy bandwidth (perf/RESULTS.md): a decode step is four small GEMMs per layer, each too short to
+fill the card. Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous
+axis in GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum;
+S slabs per column block give S x N / BLOCK_N programs, enough to cover every SM. The S partials are summed
+by ``matmul``'s caller-visible ``.sum(0)``, a plain torch op: under torch.compile inductor fuses it (and the
+bias, activation, residual) into the kernel that consumes the result, so a layer GEMM is one Triton kernel and
+no extra reduce kernel. A fixed S per shape keeps the summation order, hence the result, deterministic (no
+atomics).
+
+CUDA only; ``available()`` says whether it can run here (triton importable and a CUDA tensor).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+# Above this the module (cuBLAS) is used. Measured on an H200 (perf/RESULTS.md): at M = 32 this kernel takes
+# 3.4-6.8 us per GPT-2 projection against cuBLAS's 9.9-18.6; at M = 64 it lost on the wide ones (12.7 vs 11.8 us,
+# 17.3 vs 11.9: the partial sums, S x M x N, grow to half the weight's bytes), and the step was 12% slower.
+MAX_ROWS = 32
+BLOCK_K = 64
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU wheels of torch ship without triton
+    triton = None
+
+
+def available(x: torch.Tensor) -> bool:
+    return triton is not None and x.is_cuda and x.shape[0] <= MAX_ROWS
+
+
+if triton is not None:
+
+    @triton.jit
+    def _partials_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn,
+                         K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+        pid_n, split = tl.program_id(0), tl.program_id(1)
+        rows = tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K_PER_SPLIT, BLOCK_K):
+            ks = split * K_PER_SPLIT + k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+                        mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+            w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
+                        mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        tl.store(out_ptr + split * M * N + rows[:, None] * N + cols[None, :], acc,
+                 mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1, tests): few programs run faster
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(m: int, n: int, k: int, sms: int) -> tuple[int, int, int]:
+    """(BLOCK_N, splits, K per split) for one shape: about two programs per SM, each K slab a whole number of
+    BLOCK_K tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out."""
+    block_n = 64 if n >= 2048 else 32
+    col_blocks = triton.cdiv(n, block_n) if triton is not None else -(-n // block_n)
+    tiles = -(-k // BLOCK_K)
+    want = max(1, min(tiles, -(-2 * sms // col_blocks)))
+    per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)
+    return block_n, -(-tiles // per_split), per_split * BLOCK_K
+
+
+@torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
+def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
+    """[S, M, N] fp32 partial sums of x @ w over S slabs of K (see the module docstring)."""
+    (m, k), n = x.shape, w.shape[1]
+    block_n, splits, per_split = plan(m, n, k, _sm_count(x.device))
+    out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
+    precision = "tf32" if tf32 and x.dtype == torch.float32 else "ieee"
+    _partials_kernel[(triton.cdiv(n, block_n), splits)](
+        x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+        K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=BLOCK_K,
+        PRECISION=precision, num_warps=4, num_stages=3)
+    return out
+
+
+@skinny_partials.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
+    (m, k), n = x.shape, w.shape[1]
+    _, splits, _ = plan(m, n, k, _sm_count(x.device))
+    return x.new_empty((splits, m, n), dtype=torch.float32)
+
+
+def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ w [K, N] (any strides) in x's dtype, accumulated in fp32; TF32 exactly when torch's own fp32
+    matmuls use it, so the lean step rounds like the model's cuBLAS calls."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    return skinny_partials(x, w, tf32).sum(0).to(x.dtype)
