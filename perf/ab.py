@@ -126,15 +126,23 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
 
     Above what it held: on an H200 the second arm's absolute peak was a constant ~33 MiB higher in A/A runs (what
     the first arm's compiled step and graph leave behind after release), +3.9% of a CUDA-graph row's peak at
-    b=32 and more than the 5% rule at b=1; subtracting the memory held at the start cancels that.
+    b=32 and more than the 5% rule at b=1; subtracting the memory held at the start cancels that. It did not cancel
+    for hf_generate_static: +33 MiB in the second arm in each of 3 A/A runs. cuBLAS keeps a workspace per stream
+    in the caching allocator (32 + 1 MiB on an H200) and torch frees them when a CUDA graph is captured, so
+    whichever arm finds them freed pays for them again. Freeing them before each arm makes both arms pay.
+    That alone left the first arm of `pipelined` 790 MiB above the second (1089 vs 299 MiB, 2 of 2 A/A runs):
+    whatever the first generation after the freeing allocates once. So both arms are measured twice, B C B C,
+    and the second pass is kept: there each arm follows the other one, as in the timed rounds.
     """
     device = input_ids.device
     peaks = []
-    for package in (base.package, generators):
+    for package in (base.package, generators) * 2:
         release(base, device)
+        getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()  # private; absent: peaks as before
+        torch.cuda.empty_cache()
         held = torch.cuda.memory_allocated(device)
         bench.timed_call(variant, model, input_ids, max_new_tokens, eos, registry=package.GENERATORS)
         peaks.append(bench.peak_memory(device)[0] - held)
     gc.collect()
-    return peaks[0], peaks[1]
+    return peaks[2], peaks[3]
 
