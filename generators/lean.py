@@ -11,7 +11,7 @@ kernels and one CUDA graph replays it:
   step (not per layer); the cache is short (P + N), so attending over its unfilled tail costs less than a
   shape that changes every step, which a CUDA graph could not replay;
 - norms and activations are the model's own modules, called as they are; projections read the model's own
-  weights (no copies), through skinny.py's matmul on CUDA when a step has <= 32 rows (cuBLAS's split-K
+  weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows (cuBLAS's split-K
   kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise.
 """
 

@@ -1,16 +1,16 @@
-"""A matmul for decoding's skinny shapes: x [M <= 64, K] @ W [K, N] with M the batch, N and K the layer's.
+"""A matmul for decoding's skinny shapes: x [M, K] @ W [K, N] with M the batch (2..16), N and K the layer's.
 
-Why: at M = 32 an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at ~0.85 TB/s,
-a fifth of copy bandwidth (perf/RESULTS.md): a decode step is four small GEMMs per layer, each too short to
-fill the card. Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous
-axis in GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum;
-S slabs per column block give S x N / BLOCK_N programs, enough to cover every SM. The S partials are summed
-by ``matmul``'s caller-visible ``.sum(0)``, a plain torch op: under torch.compile inductor fuses it (and the
-bias, activation, residual) into the kernel that consumes the result, so a layer GEMM is one Triton kernel and
-no extra reduce kernel. A fixed S per shape keeps the summation order, hence the result, deterministic (no
-atomics).
+Why: at a few rows an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at ~0.85 TB/s at
+M = 32, a fifth of copy bandwidth (perf/RESULTS.md): a decode step is four small GEMMs per layer, each too short to
+fill the card. Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
+GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per
+column block give S x N / BLOCK_N programs, enough to cover every SM. The S partials are summed by ``matmul``'s
+caller-visible ``.sum(0)``, a plain torch op: under torch.compile inductor fuses it (and the bias, activation,
+residual) into the kernel that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel. A
+fixed S per shape keeps the summation order, hence the result, deterministic (no atomics).
 
-CUDA only; ``available()`` says whether it can run here (triton importable and a CUDA tensor).
+CUDA only; ``available()`` says whether it is used here (triton importable, a CUDA tensor, MIN_ROWS..MAX_ROWS
+rows).
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ import functools
 
 import torch
 
-# Above this the module (cuBLAS) is used. Measured on an H200 (perf/RESULTS.md): at M = 32 this kernel takes
-# 3.4-6.8 us per GPT-2 projection against cuBLAS's 9.9-18.6; at M = 64 it lost on the wide ones (12.7 vs 11.8 us,
-# 17.3 vs 11.9: the partial sums, S x M x N, grow to half the weight's bytes), and the step was 12% slower.
-MAX_ROWS = 32
+# Rows (batch x tokens) for which a projection goes through this kernel; outside, through the module (cuBLAS).
+# Measured on an H200 in one process, 96 lean steps with this kernel / with cuBLAS (perf/RESULTS.md), fp32 via
+# tf32x3: M=1 54.9 / 49.2 ms (cuBLAS runs an fp32 GEMV there), M=4 59.0 / 74.2, M=16 62.1 / 71.6, M=32 79.5 / 80.7;
+# with plain TF32 M=64 lost too (96.6 / 86.2: the S x M x N partial sums grow to half the weight's bytes).
+MIN_ROWS, MAX_ROWS = 2, 16
 BLOCK_K = 64
 # tl.dot's input_precision for fp32 inputs when torch allows TF32 matmuls. Not "tf32": Triton's TF32 products
 # parted from naive's (cuBLAS) greedy tokens in 63 of 328 rows of the correctness suite's tiny models on an H200,
 # and the GPU suite failed its near-tie ration (204 tied rows over 39,597 fp32 steps, 39 allowed); "tf32x3"
 # (three TF32 products, fp32-accurate) parted in 32, "ieee" in 32, cuBLAS's own kernels in 9, and with
-# "tf32x3" the suite passed (perf/RESULTS.md). The extra products cost little: a step here is memory-bound.
+# "tf32x3" the suite passed (perf/RESULTS.md). The extra products cost speed: with them the kernel no longer
+# beats cuBLAS at M=32 (MIN_ROWS, MAX_ROWS above).
 FP32_PRECISION = "tf32x3"
 
 try:
@@ -39,7 +41,7 @@ except ImportError:  # CPU wheels of torch ship without triton
 
 
 def available(x: torch.Tensor) -> bool:
-    return triton is not None and x.is_cuda and x.shape[0] <= MAX_ROWS
+    return triton is not None and x.is_cuda and MIN_ROWS <= x.shape[0] <= MAX_ROWS
 
 
 if triton is not None:
