@@ -7,9 +7,9 @@ Here a step is what decoding needs and nothing else, so torch.compile(fullgraph=
 kernels and one CUDA graph replays it:
 - the KV cache is one preallocated [B, kv_heads, P + N, head_dim] pair per layer, written in place at the
   step's position (an index_put that inductor keeps in place);
-- a step's attention is a few fused reductions over the whole cache with a positions mask built once per
-  step (not per layer); the cache is short (P + N), so attending over its unfilled tail costs less than a
-  shape that changes every step, which a CUDA graph could not replay;
+- a step's attention is, on CUDA, one Triton kernel (flash_decode.py) whose loop stops at the filled length
+  read on the device, so shapes stay fixed for the CUDA graph; elsewhere a few fused reductions over the whole
+  cache with a positions mask built once per step (not per layer);
 - norms and activations are the model's own modules, called as they are; projections read the model's own
   weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows (cuBLAS's split-K
   kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import skinny
+from . import flash_decode, skinny
 
 SUPPORTED = ("gpt2", "llama")
 
@@ -36,9 +36,10 @@ def kv_heads_and_dim(config: object) -> tuple[int, int]:
 class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
 
-    def __init__(self, model: nn.Module, *, skinny_matmul: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, skinny_matmul: bool = True, flash_attention: bool = True) -> None:
         super().__init__()
-        self.skinny_matmul = skinny_matmul  # False: every projection through its module (perf/lean_probe.py)
+        # False: every projection through its module, a step's attention as reductions (perf/lean_probe.py)
+        self.skinny_matmul, self.flash_attention = skinny_matmul, flash_attention
         config = model.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -136,7 +137,9 @@ class LeanModel(nn.Module):
         k_cache[:, :, positions] = k  # in place: the cache's address is what a CUDA graph replays
         v_cache[:, :, positions] = v
         b, _, t, _ = q.shape
-        if t == 1:
+        if t == 1 and self.flash_attention and flash_decode.available(q):
+            out = flash_decode.decode_attention(q, k_cache, v_cache, positions, scale)
+        elif t == 1:
             out = self._decode_attention(q, k_cache, v_cache, mask, scale)
         else:  # the prefill: one call per generation, any kernel will do
             out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale,

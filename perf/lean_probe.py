@@ -1,17 +1,17 @@
 """Evidence for the lean step (issue 6): where a decode step's GPU time goes, whether several steps per CUDA
-graph pay, and what skinny.py's matmul gives against cuBLAS.
+graph pay, and what skinny.py's matmul and flash_decode.py's attention give.
 
     python -m perf.lean_probe --batch 1 32 --out out/
 
-Kernels per step: CUDA kernels (memcpy/memset excluded) the profiler sees in a compiled, not captured,
-generation of 2 + K steps minus one of 2 steps, divided by K, so the prefill does not count; the same profile
-gives each kernel's GPU time per step. Steps per graph: one captured graph holding S lean steps, replayed
-N / S times with no stop check, against the same N steps as single-step replays; the same with the lean
-step's projections through their modules (cuBLAS) instead of skinny.py. GEMMs: GPT-2 small's four layer
-projections at M = batch rows, each shape as one graph of 12 calls over the 12 layers' own weights (distinct
-tensors, so L2 holds none of them between calls), replayed; cuBLAS as the model calls it (addmm on the
-[in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and skinny.py's
-kernel (partial sums only: their sum is fused into the next kernel in the compiled step).
+Kernels per step: CUDA kernels (memcpy/memset excluded) the profiler sees in a compiled, not captured, generation
+of 2 + K steps minus one of 2 steps, divided by K, so the prefill does not count; the same profile gives each
+kernel's GPU time per step. Steps per graph: one captured graph holding S lean steps, replayed N / S times with no
+stop check, against the same N steps as single-step replays; the same with the lean step's projections through
+their modules (cuBLAS) instead of skinny.py, and with its attention as reductions instead of flash_decode.py.
+GEMMs: GPT-2 small's four layer projections at M = batch rows, each shape as one graph of 12 calls over the 12
+layers' own weights (distinct tensors, so L2 holds none of them between calls), replayed; cuBLAS as the model calls
+it (addmm on the [in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and
+skinny.py's kernel (partial sums only: their sum is fused into the next kernel in the compiled step).
 """
 
 from __future__ import annotations
@@ -92,12 +92,14 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
     return out
 
 
-def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int],
-                    skinny_matmul: bool = True) -> dict[int, float]:
-    """Median ms of n lean steps as n / s replays of a graph holding s steps."""
+def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int], **lean_flags: bool
+                    ) -> dict[int, float]:
+    """Median ms of n lean steps as n / s replays of a graph holding s steps; lean_flags set LeanModel's
+    skinny_matmul / flash_attention (before the first trace: dynamo guards on them)."""
     ids = bench.post_prompt(model, batch, "cuda")
     session = loop.LeanSession(model, ids, n + max(s_values), None, None, "compile")
-    session.lean.skinny_matmul = skinny_matmul  # before the first trace: dynamo guards on it
+    for flag, value in lean_flags.items():
+        setattr(session.lean, flag, value)
     out = {}
     for s in s_values:
         session.reset(ids)  # capture() runs 3 + s steps: room for them after the prompt
@@ -133,7 +135,10 @@ def main() -> None:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
         row = {"batch": batch,
                "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, args.steps_per_graph),
-               "ms per 96 lean steps, projections through cuBLAS": steps_per_graph(model, batch, 96, [1], False)}
+               "ms per 96 lean steps, projections through cuBLAS": steps_per_graph(model, batch, 96, [1],
+                                                                                  skinny_matmul=False),
+               "ms per 96 lean steps, attention as reductions": steps_per_graph(model, batch, 96, [1],
+                                                                                flash_attention=False)}
         release_sessions()
         row["gemm_us"] = gemm_table(model, batch)
         for label, g in {} if args.no_profile else COMPILED.items():
