@@ -176,3 +176,26 @@ def test_bad_gate_options_are_usage_errors(option: str, message: str) -> None:
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     assert message in result.stderr, result.stderr
+
+
+def test_arm_peaks_keep_the_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-time allocation in the first generation after the clean slate (on an H200: 790 MiB in pipelined's
+    first arm) must not land in either arm's peak: both arms allocate 300 above what they held."""
+    held, state = 1000, {"peak": 0, "first": True, "cleared": 0}
+
+    def generation(*args, registry: dict, **kwargs) -> tuple[float, None]:
+        state["peak"] = held + 300 + (790 if state["first"] else 0)
+        state["first"] = False
+        return 0.0, None
+
+    monkeypatch.setattr(ab, "release", lambda base, device: None)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: state.update(cleared=state["cleared"] + 1),
+                        raising=False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: held)
+    monkeypatch.setattr(bench, "timed_call", generation)
+    monkeypatch.setattr(bench, "peak_memory", lambda device: (state["peak"], 0))
+    base = ab.load_base(ab.SELF)
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    assert ab.arm_peaks(base, "kv_static", None, ids, 4, None) == (300, 300)
+    assert state["cleared"] == 4  # cuBLAS workspaces freed before every measured generation
