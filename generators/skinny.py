@@ -76,7 +76,7 @@ def plan(m: int, n: int, k: int, sms: int) -> tuple[int, int, int]:
     """(BLOCK_N, splits, K per split) for one shape: about two programs per SM, each K slab a whole number of
     BLOCK_K tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out."""
     block_n = 64 if n >= 2048 else 32
-    col_blocks = triton.cdiv(n, block_n) if triton is not None else -(-n // block_n)
+    col_blocks = -(-n // block_n)
     tiles = -(-k // BLOCK_K)
     want = max(1, min(tiles, -(-2 * sms // col_blocks)))
     per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)

@@ -137,9 +137,8 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
     device = input_ids.device
     peaks = []
     for package in (base.package, generators) * 2:
-        release(base, device)
         getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()  # private; absent: peaks as before
-        torch.cuda.empty_cache()
+        release(base, device)  # its empty_cache returns the freed workspaces too
         held = torch.cuda.memory_allocated(device)
         bench.timed_call(variant, model, input_ids, max_new_tokens, eos, registry=package.GENERATORS)
         peaks.append(bench.peak_memory(device)[0] - held)

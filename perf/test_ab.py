@@ -191,7 +191,6 @@ def test_arm_peaks_keep_the_second_pass(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(ab, "release", lambda base, device: None)
     monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: state.update(cleared=state["cleared"] + 1),
                         raising=False)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: held)
     monkeypatch.setattr(bench, "timed_call", generation)
     monkeypatch.setattr(bench, "peak_memory", lambda device: (state["peak"], 0))

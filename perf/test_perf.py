@@ -10,8 +10,9 @@ arm's every timed generation immediately preceded by one generation of the other
 state (clocks, caches, allocator). Swapping the order every other round (B C C B ...) would break that
 symmetry for nothing: the one thing a fixed order favours is slow drift across ~one generation, which the A/A
 calibration (the same arrangement) measures as noise. 15 rounds per arm by default (--ab-rounds; 5 without
---ab-base): on an H200, 7 rounds caught only 5 of 10 injected 10% slowdowns on launch-bound rows, 15 rounds
-with the process pinned to one core caught 5 of 6 (perf/RESULTS.md). The PR gate grid then runs 2 x 18
+--ab-base): on an H200, with the process pinned to one core and 15 rounds, every injected 10% slowdown of a
+launch-bound row was caught in 5 of 5 processes; with 3 rounds an A/A run called a row "improved" by 6.9%
+(perf/RESULTS.md). The PR gate grid then runs 2 x 18
 generations per benchmark (1 warm-up + 15 timed + 2 memory on CUDA, per arm): from the H200 medians (~11 s for
 one generation of every gate-grid benchmark) about 6 min plus compiling each arm once, an estimate.
 """
