@@ -226,4 +226,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     bands_file = Path(bs.storage.path) / "bands.json"  # beside the OS/Python folders
     bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
     verdicts = _verdicts(current, baseline, bands)
-    _finish(session, f"### Perf gate vs {Path(path).name}\n\n{gate.format_table(verdicts)}\n", verdicts)
+    header = (f"### Perf gate vs {Path(path).name}\n\n"
+              f"Noise bands (per benchmark from {bands_file.name} where stored, else the defaults): CUDA-graph loops "
+              f"±{gate.DEFAULT_BAND[gate.DEVICE]:.0%}, host-bound loops not gated on a stored baseline (too noisy "
+              f"between processes: default ±{gate.DEFAULT_BAND[gate.HOST]:.0%}, above the ±{gate.BAND_CAP:.0%} cap) "
+              f"— use `--ab-base=REF` for the PR gate.\n")
+    _finish(session, f"{header}\n{gate.format_table(verdicts)}\n", verdicts)
