@@ -22,7 +22,7 @@ from generators import GENERATORS, Generator, bench, models
 from . import ab, gate
 
 BASELINES = Path(__file__).parent / "baselines"
-RECORD = "python -m pytest perf --benchmark-save=baseline --benchmark-save-data"
+RECORD = "python -m pytest perf/test_perf.py --benchmark-save=baseline --benchmark-save-data"
 
 _CUDA_POINTS = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
 _FASTEST = ["cuda_graph", "cuda_graph_deferred", "lean_graph", "hf_generate_static"]
