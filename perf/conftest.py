@@ -55,11 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "and judge every benchmark against it ('self': this tree's own, an A/A run)")
 
 
+def slug(gpu_name: str) -> str:
+    """The baseline folder of a card: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+
+
 def gpu_slug() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    name = torch.cuda.get_device_name(0)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
 
 
 @pytest.hookimpl(tryfirst=True)
