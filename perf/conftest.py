@@ -146,11 +146,18 @@ def _session(benchmarks: list[dict]) -> tuple[dict[str, dict], float | None]:
     return by_name, None if probe is None else probe["stats"]["median"]
 
 
-def _verdicts(current: list[dict], baseline: list[dict], bands: dict[str, float]) -> list[gate.Verdict]:
+def grid_names(grid: str) -> set[str]:
+    return {f"test_generate[{v}-b{b}-n{n}-{d}]" for v, b, n, d in GRIDS[grid]}
+
+
+def _verdicts(current: list[dict], baseline: list[dict], bands: dict[str, float],
+              grid: set[str] | None = None) -> list[gate.Verdict]:
+    """Stored-baseline verdicts. A baseline row this session lacks is MISSING only if `grid` (this session's
+    grid) has it: a gate-grid run against a full-grid baseline should not list the 70 rows it never meant to run."""
     cur, cur_probe = _session(current)
     base, base_probe = _session(baseline)
     verdicts = []
-    for name in [*cur, *(n for n in base if n not in cur)]:
+    for name in [*cur, *(n for n in base if n not in cur and (grid is None or n in grid))]:
         c, b = cur.get(name), base.get(name)
         klass = (c or b)["extra_info"].get("class")
         if klass == "probe":
@@ -227,7 +234,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     current = [b.as_dict(include_data=True) for b in bs.benchmarks]
     bands_file = Path(bs.storage.path) / "bands.json"  # beside the OS/Python folders
     bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
-    verdicts = _verdicts(current, baseline, bands)
+    verdicts = _verdicts(current, baseline, bands, grid_names(grid_for(session.config)))
     header = (f"### Perf gate vs {Path(path).name}\n\n"
               f"Noise bands (per benchmark from {bands_file.name} where stored, else the defaults): CUDA-graph loops "
               f"±{gate.DEFAULT_BAND[gate.DEVICE]:.0%}, host-bound loops not gated on a stored baseline (too noisy "
