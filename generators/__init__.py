@@ -88,7 +88,7 @@ GENERATORS: dict[str, Generator] = _table(
     Generator("cuda_graph_every_8", "cuda_graph + stop check every 8 steps", execution="cuda_graph",
               stop="every_k", k=8),
     # The lean forward (lean.py): the model's weights, a step written for decoding.
-    Generator("lean_eager", "lean forward: own K/V tensors, a step's attention as plain reductions, eager",
+    Generator("lean_eager", "lean forward: own K/V tensors, eager; on CUDA the Triton matmul and attention kernels",
               forward="lean"),
     Generator("lean_graph", "lean forward, fullgraph-compiled step in a CUDA graph, deferred stop check",
               forward="lean", execution="cuda_graph", stop="deferred"),

@@ -1,7 +1,8 @@
 """The one decode loop, and the three things a variant chooses: cache, execution and stop check.
 
 A step appends one token column to a preallocated [B, P + N] buffer. Cached variants run an eager prefill
-(the prompt) as step 0 and then `decode_one_token` per step; the naive loop reruns the whole sequence.
+(the prompt) as step 0 and then one-token steps (`dynamic_step`, `decode_one_token`, `lean_decode_one_token`);
+the naive loop reruns the whole sequence.
 Every step also keeps the stop state on the device (`finished`, `stop`), so the policy in stops.py decides
 when, if ever, the host waits for it.
 """

@@ -133,7 +133,7 @@ def _(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ w [K, N] (any strides) in x's dtype, accumulated in fp32; TF32 exactly when torch's own fp32
-    matmuls use it, so the lean step rounds like the model's cuBLAS calls."""
+    """x [M, K] @ w [K, N] (any strides) in x's dtype, accumulated in fp32. fp32 inputs are multiplied with
+    FP32_PRECISION exactly when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
     tf32 = torch.backends.cuda.matmul.allow_tf32
     return skinny_partials(x, w, tf32).sum(0).to(x.dtype)

@@ -8,10 +8,12 @@ for the base arm (an A/A run: one copy, compiled once).
 Peak memory per arm. Timing interleaves the arms, so during the timed rounds each arm's static cache and CUDA
 graph stay resident while the other arm runs: a peak taken there is (both arms' resident memory + this arm's
 transient), and the difference between the two arms would only show transient memory, never a bigger cache.
-So each arm's peak is measured once more after the timed rounds, from a clean slate: release both arms'
-sessions, empty the cache, reset the peak counter, run one generation of that arm (it allocates its cache and
-re-captures its graph), read the peak. Both arms then start from the same resident memory (the weights and
-both arms' already-compiled code), so the peaks differ by exactly what the arm itself allocates.
+So each arm's peak is measured after the timed rounds, from a clean slate: free cuBLAS's workspaces, release
+both arms' sessions, empty the cache, reset the peak counter, run one generation of that arm (it allocates its
+cache and re-captures its graph), read the peak above what the process held at its start. That runs twice,
+B C B C, and the second pass is kept (``arm_peaks`` says why). Both arms then start from the same resident
+memory (the weights and both arms' already-compiled code), so the peaks differ by exactly what the arm itself
+allocates.
 """
 
 from __future__ import annotations

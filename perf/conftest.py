@@ -49,7 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(with --ab-base: the candidate arm only)")
     group.addoption("--ab-rounds", type=int, default=15, metavar="N",
                     help="timed rounds per arm with --ab-base (default 15: with 7, launch-bound rows missed half of "
-                         "the injected 10%% slowdowns on an H200; see perf/RESULTS.md)")
+                         "the injected 10%% slowdowns on an H200; see perf/RESULTS.md); host-bound loops past "
+                         "100 tokens get 5")
     group.addoption("--ab-base", metavar="REF",
                     help="A/B gate: also time git REF's generators/ in this process, interleaved round by round, "
                          "and judge every benchmark against it ('self': this tree's own, an A/A run)")
@@ -102,7 +103,8 @@ def grid_for(config: pytest.Config) -> str:
 
 
 def benchmark_class(gen: Generator) -> str:
-    """CUDA-graph loops are judged on absolute time; launch-bound ones relative to the host probe."""
+    """CUDA-graph loops are judged on absolute time; launch-bound ones, on a stored baseline, relative to the host
+    probe (the A/B mode uses no probe)."""
     return gate.DEVICE if gen.execution == "cuda_graph" else gate.HOST
 
 
@@ -237,7 +239,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     verdicts = _verdicts(current, baseline, bands, grid_names(grid_for(session.config)))
     header = (f"### Perf gate vs {Path(path).name}\n\n"
               f"Noise bands (per benchmark from {bands_file.name} where stored, else the defaults): CUDA-graph loops "
-              f"±{gate.DEFAULT_BAND[gate.DEVICE]:.0%}, host-bound loops not gated on a stored baseline (too noisy "
-              f"between processes: default ±{gate.DEFAULT_BAND[gate.HOST]:.0%}, above the ±{gate.BAND_CAP:.0%} cap) "
+              f"±{gate.DEFAULT_BAND[gate.DEVICE]:.0%}, host-bound loops' times not gated on a stored baseline "
+              f"(too noisy between processes: default ±{gate.DEFAULT_BAND[gate.HOST]:.0%}, above the "
+              f"±{gate.BAND_CAP:.0%} cap) "
               f"— use `--ab-base=REF` for the PR gate.\n")
     _finish(session, f"{header}\n{gate.format_table(verdicts)}\n", verdicts)

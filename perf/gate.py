@@ -23,9 +23,10 @@ compared with a baseline recorded by another process. Measured between separate 
 * Eager, default-``torch.compile`` and HF loops ("host" class) are CPU/launch bound and moved -44%..+100%: the
   whole process is faster or slower. They are judged on ``time / host-probe median of the same session``, but
   **that normalisation is refuted by the data** (the probe moved +-20% in unrelated directions, 7 of 16 host
-  rows cried wolf on an unchanged rerun). So without a calibrated band a host-class row is reported TOO_NOISY
-  and never fails this mode; the probe and the normalisation stay because ``calibrate_bands`` and a calibrated
-  host band use them. Gate host-class rows with the A/B mode, which needs no probe.
+  rows cried wolf on an unchanged rerun). So without a calibrated band a host-class row's time is reported
+  TOO_NOISY and never fails this mode (its peak memory is still judged); the probe and the normalisation stay
+  because ``calibrate_bands`` and a calibrated host band use them. Gate host-class rows with the A/B mode, which
+  needs no probe.
 
 Statistic: stored baseline ``r = median(current) / median(baseline)``; A/B ``r = median over rounds i of
 current_i / baseline_i``, because a slow spell common to both arms of one round cancels inside that round's ratio

@@ -10,8 +10,9 @@ arm's every timed generation immediately preceded by one generation of the other
 state (clocks, caches, allocator). Swapping the order every other round (B C C B ...) would break that
 symmetry for nothing: the one thing a fixed order favours is slow drift across ~one generation, which the A/A
 calibration (the same arrangement) measures as noise. 15 rounds per arm by default (--ab-rounds; 5 without
---ab-base): on an H200, with the process pinned to one core and 15 rounds, every injected 10% slowdown of a
-launch-bound row was caught in 5 of 5 processes; with 3 rounds an A/A run called a row "improved" by 6.9%
+--ab-base; host-bound loops past 100 tokens get 5 with --ab-base, 3 without): on an H200, with the process
+pinned to one core and 15 rounds, every injected 10% slowdown of a launch-bound row was caught in 5 of 5
+processes; with 3 rounds an A/A run called a row "improved" by 6.9%
 (perf/RESULTS.md). The PR gate grid then runs 2 x 18
 generations per benchmark (1 warm-up + 15 timed + 2 memory on CUDA, per arm): on an H200 the whole gate grid against
 a second copy of the commit took 7 min 22 s, unit tests and compilation included (perf/RESULTS.md).
@@ -87,7 +88,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
         out[:] = [tokens]
 
     # Host-bound loops past 100 tokens take 1-7 s a generation on an H200; fewer rounds there keep the full grid
-    # within 10 minutes. Their stored-baseline rows are not gated anyway (perf/gate.py: too noisy between processes).
+    # within 10 minutes. Their stored-baseline times are not gated anyway (perf/gate.py: too noisy between processes).
     long_host = benchmark_class(gen) == gate.HOST and new_tokens > 100
     info = benchmark.extra_info
     paired = ab_base is not None and ab_base.has(variant)
