@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             done = len(results) + 1
             print(f"[{done}/{total}] {name:<24} b={batch:<3} n={new_tokens:<4} ", end="", flush=True, file=sys.stderr)
             try:
-                with profiling.enabled(capture) if args.profile_steps else contextlib.nullcontext():
+                with profiling.enabled(capture) if capture else contextlib.nullcontext():
                     m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
             except Exception as e:  # report it and go on: one broken variant must not hide the others' numbers
                 failed.append(f"{name} b={batch} n={new_tokens}: {type(e).__name__}: {e}")

@@ -148,8 +148,13 @@ def _session(benchmarks: list[dict]) -> tuple[dict[str, dict], float | None]:
     return by_name, None if probe is None else probe["stats"]["median"]
 
 
+def point_id(variant: str, batch: int, new_tokens: int, dtype: str) -> str:
+    """test_generate's parameter id: its benchmark is named test_generate[<id>]."""
+    return f"{variant}-b{batch}-n{new_tokens}-{dtype}"
+
+
 def grid_names(grid: str) -> set[str]:
-    return {f"test_generate[{v}-b{b}-n{n}-{d}]" for v, b, n, d in GRIDS[grid]}
+    return {f"test_generate[{point_id(*point)}]" for point in GRIDS[grid]}
 
 
 def _verdicts(current: list[dict], baseline: list[dict], bands: dict[str, float],

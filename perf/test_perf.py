@@ -28,7 +28,7 @@ import torch
 from generators import GENERATORS, bench
 
 from . import ab, gate
-from .conftest import GRIDS, benchmark_class, grid_for, inject_delay
+from .conftest import GRIDS, benchmark_class, grid_for, inject_delay, point_id
 
 ROUNDS = 5  # timed rounds per benchmark against a stored baseline
 
@@ -40,7 +40,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "variant" in metafunc.fixturenames:
         points = GRIDS[grid_for(metafunc.config)]
         metafunc.parametrize(("variant", "batch", "new_tokens", "dtype"), points,
-                             ids=[f"{v}-b{b}-n{n}-{d}" for v, b, n, d in points])
+                             ids=[point_id(*point) for point in points])
 
 
 def test_probe_host(benchmark, device: torch.device, ab_base: ab.Base | None) -> None:
