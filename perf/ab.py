@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +35,8 @@ import torch
 
 import generators
 from generators import bench
+
+from . import gate
 
 ROOT = Path(__file__).resolve().parents[1]
 SELF = "self"
@@ -147,3 +150,17 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
     gc.collect()
     return peaks[2], peaks[3]
 
+
+def extend_rounds(verdict: Callable[[], gate.Verdict], one_round: Callable[[], object], rounds: int,
+                  extensions: int) -> int:
+    """While ``verdict()`` (judged on every round so far) is ``gate.undecided``, run ``rounds`` more paired rounds,
+    at most ``extensions`` times; returns how many rounds were added. A second look can raise an alarm the first
+    did not, but a regression still needs the median past the band and the CI past 1, and each later look has
+    more rounds, so an unchanged row's median sits closer to 1 there. Resampling the measured rounds of a whole
+    A/A gate grid (perf/RESULTS.md) gave no more false alarms with the extension than without."""
+    added = 0
+    while added < extensions * rounds and gate.undecided(verdict()):
+        for _ in range(rounds):
+            one_round()
+        added += rounds
+    return added

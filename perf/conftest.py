@@ -202,9 +202,14 @@ def _finish(session: pytest.Session, report: str, verdicts: list[gate.Verdict]) 
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def ab_bands(config: pytest.Config) -> tuple[Path, dict[str, float]]:
+    """bands_ab.json beside the baselines (perf/baselines/<gpu-model>/) and its bands ({} if absent)."""
+    bands_file = Path(config._benchmarksession.storage.path) / "bands_ab.json"
+    return bands_file, json.loads(bands_file.read_text()) if bands_file.exists() else {}
+
+
 def _ab_gate(session: pytest.Session, bs: object, base: ab.Base) -> None:
-    bands_file = Path(bs.storage.path) / "bands_ab.json"  # beside the baselines (perf/baselines/<gpu-model>/)
-    bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
+    bands_file, bands = ab_bands(session.config)
     verdicts = _ab_verdicts([b.as_dict(include_data=False) for b in bs.benchmarks], bands)
     commit = "" if base.commit == ab.SELF else f" ({base.commit[:12]})"
     header = (f"### Perf gate: A/B in one process, this tree vs {base.ref}{commit}\n\n"
@@ -212,7 +217,8 @@ def _ab_gate(session: pytest.Session, bs: object, base: ab.Base) -> None:
               f"{'per benchmark from ' + bands_file.name + ', else ' if bands else ''}the A/B defaults "
               f"(±{gate.DEFAULT_BAND_AB[gate.DEVICE]:.1%} CUDA-graph loops, ±{gate.DEFAULT_BAND_AB[gate.HOST]:.1%} "
               f"the others); memory: peak allocated up > {gate.MEMORY_SHARE:.0%} and > "
-              f"{gate.MEMORY_MIN_BYTES >> 20} MiB is a regression.\n")
+              f"{gate.MEMORY_MIN_BYTES >> 20} MiB is a regression. A row still within noise whose 95% CI reached "
+              f"past a band edge got up to {gate.AB_EXTENSIONS} more batches of rounds (the rounds column).\n")
     if bs.compare:
         header += ("\n--benchmark-compare was given too: the stored-baseline comparison is NOT the gate here, "
                    "this A/B verdict is.\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -148,7 +149,7 @@ def test_ab_smoke_session_flags_the_injected_slowdown_only(tmp_path: Path) -> No
     report = tmp_path / "gate.md"
     cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--ab-base=self", "--perf-grid=smoke", "--device=cpu",
            "-k", "b4-n16 and (naive or kv_static)", "--inject-slowdown=naive:0.5", f"--gate-report={report}",
-           "-p", "no:cacheprovider", "-q"]
+           f"--benchmark-json={tmp_path / 'ab.json'}", "-p", "no:cacheprovider", "-q"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, out
@@ -164,6 +165,13 @@ def test_ab_smoke_session_flags_the_injected_slowdown_only(tmp_path: Path) -> No
     effect = r"\+\d+\.\d%"
     row = rf"naive-b4-n16-float32\] \| regressed \| {effect} \| {effect} \.\. {effect} \| ±5\.0%"
     assert re.search(row, text), text
+    # Every round the verdict judged is in the JSON, an undecided row's extra rounds included, and the table says how
+    # many there were.
+    for b in json.loads((tmp_path / "ab.json").read_text())["benchmarks"]:
+        info = b["extra_info"]
+        rounds = 15 + info["ab_extra_rounds"]
+        assert len(info["ab_base_s"]) == len(info["ab_candidate_s"]) == rounds, info
+        assert re.search(rf"^\| {re.escape(b['name'])} \|.* \| {rounds} \|$", text, flags=re.M), text
 
 
 @pytest.mark.parametrize(("option", "message"), [

@@ -10,7 +10,7 @@ arm's every timed generation immediately preceded by one generation of the other
 state (clocks, caches, allocator). Swapping the order every other round (B C C B ...) would break that
 symmetry for nothing: the one thing a fixed order favours is slow drift across ~one generation, which the A/A
 calibration (the same arrangement) measures as noise. 15 rounds per arm by default (--ab-rounds; 5 without
---ab-base; host-bound loops past 100 tokens get 5 with --ab-base, 3 without): on an H200, with the process
+--ab-base; host-bound loops past 100 tokens get 5 with --ab-base, 3 without; a row the rounds leave undecided gets up to gate.AB_EXTENSIONS more batches of them): on an H200, with the process
 pinned to one core and 15 rounds, every injected 10% slowdown of a launch-bound row was caught in 5 of 5
 processes; with 3 rounds an A/A run called a row "improved" by 6.9%
 (perf/RESULTS.md). The PR gate grid then runs 2 x 18
@@ -28,7 +28,7 @@ import torch
 from generators import GENERATORS, bench
 
 from . import ab, gate
-from .conftest import GRIDS, benchmark_class, grid_for, inject_delay, point_id
+from .conftest import GRIDS, ab_bands, benchmark_class, grid_for, inject_delay, point_id
 
 ROUNDS = 5  # timed rounds per benchmark against a stored baseline
 
@@ -103,7 +103,14 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
 
         ab.release(ab_base, device)
         benchmark.pedantic(one_generation, setup=base_generation, rounds=rounds, warmup_rounds=warmup, iterations=1)
-        info["ab_base_s"] = base_times[warmup : warmup + rounds]
+        # A row the rounds could not settle gets more of them, timed the same way, B C (gate.undecided says when).
+        # They are the verdict's samples (extra_info), not pytest-benchmark's: its stats keep the first `rounds`.
+        band = ab_bands(pytestconfig)[1].get(benchmark.name)
+        info["ab_extra_rounds"] = ab.extend_rounds(
+            lambda: gate.judge(benchmark.name, base_times[warmup:], cur_times[warmup:], klass=benchmark_class(gen),
+                               band=band, paired=True),
+            lambda: (base_generation(), one_generation()), rounds, gate.AB_EXTENSIONS)
+        info["ab_base_s"] = base_times[warmup:]
     else:  # no --ab-base, or the variant is new (absent from the base arm): the candidate alone
         if ab_base is not None:
             ab.release(ab_base, device)
@@ -113,7 +120,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
         benchmark.pedantic(one_generation, rounds=rounds, warmup_rounds=warmup, iterations=1)
     if ab_base is not None:  # the A/B verdict's candidate samples, timed exactly like the base arm's
         info.update(ab_base=ab_base.ref, ab_base_commit=ab_base.commit,
-                    ab_candidate_s=cur_times[warmup : warmup + rounds])
+                    ab_candidate_s=cur_times[warmup:])
 
     steps = out[0].shape[1] - input_ids.shape[1]
     median = benchmark.stats.stats.median
