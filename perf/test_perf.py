@@ -10,12 +10,13 @@ arm's every timed generation immediately preceded by one generation of the other
 state (clocks, caches, allocator). Swapping the order every other round (B C C B ...) would break that
 symmetry for nothing: the one thing a fixed order favours is slow drift across ~one generation, which the A/A
 calibration (the same arrangement) measures as noise. 15 rounds per arm by default (--ab-rounds; 5 without
---ab-base; host-bound loops past 100 tokens get 5 with --ab-base, 3 without; a row the rounds leave undecided gets up to gate.AB_EXTENSIONS more batches of them): on an H200, with the process
-pinned to one core and 15 rounds, every injected 10% slowdown of a launch-bound row was caught in 5 of 5
-processes; with 3 rounds an A/A run called a row "improved" by 6.9%
-(perf/RESULTS.md). The PR gate grid then runs 2 x 18
-generations per benchmark (1 warm-up + 15 timed + 2 memory on CUDA, per arm): on an H200 the whole gate grid against
-a second copy of the commit took 7 min 22 s, unit tests and compilation included (perf/RESULTS.md).
+--ab-base; host-bound loops past 100 tokens get 5 with --ab-base, 3 without; with 3, an A/A run called a row
+"improved" by 6.9%). A row those rounds leave undecided (gate.undecided) gets up to gate.AB_EXTENSIONS more
+batches of as many rounds: on a busy H200 host, 15 rounds let two injected 10% slowdowns of host-bound rows pass
+as "within noise" (+8.2%, +10.8%, CIs reaching below 1; perf/RESULTS.md). The PR gate grid runs 2 x 18
+generations per benchmark (1 warm-up + 15 timed + 2 memory on CUDA, per arm), more for undecided rows: on an H200
+the whole gate grid against a second copy of the commit took 9 min 28 s with 8 of 26 rows extended, unit tests
+and compilation included (perf/RESULTS.md).
 """
 
 from __future__ import annotations
