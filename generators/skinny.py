@@ -37,8 +37,9 @@ BLOCK_K = 64
 # tl.dot matched torch's TF32 matmul exactly after cvt.rna.tf32.f32 (the same rounding) on both operands. The bit
 # trick, not that inline asm, so that Triton's CPU interpreter runs it too. It is as fast as plain TF32 (M=4 55.8 /
 # 66.0 ms against cuBLAS, M=32 67.1 / 71.8) and parts almost as rarely as cuBLAS, but NOT adopted yet: with it at
-# <= 32 rows the GPU suite's lean_eager test failed in its one run (the report was lost to the device's time
-# limit), after passing in a run with <= 64 rows. Until a GPU run shows why, the lean step keeps "tf32x3".
+# <= 32 rows the GPU suite's lean_eager test failed once (the report was lost to the device's time limit) and
+# passed once, and passed once at <= 64 rows. Until the whole GPU suite passes with it repeatedly, the lean step
+# keeps "tf32x3".
 FP32_PRECISION = "tf32x3"
 
 try:
