@@ -38,6 +38,9 @@ rounds resampled, each round's pair kept together). A time verdict needs *both* 
   session-to-session noise.
 * a CI that excludes 1, i.e. the samples really resolve the shift (guards against a few wild samples).
 
+In A/B mode a row that meets neither verdict's conditions but whose CI still reaches past a band edge is
+``undecided``: perf/test_perf.py times more paired rounds for it (``AB_EXTENSIONS``) before the verdict is final.
+
 Peak memory is judged separately: a rise of more than ``MEMORY_SHARE`` *and* more than ``MEMORY_MIN_BYTES``.
 """
 
