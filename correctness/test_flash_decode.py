@@ -29,3 +29,78 @@ def test_kernel_matches_the_reductions(device: torch.device, family: str, positi
     got = flash_decode.decode_attention(q, k_cache, v_cache, pos, 0.125)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     torch.testing.assert_close(got, want, **tol)
+
+
+def _needs_triton(device: torch.device) -> None:
+    if flash_decode.triton is None:
+        pytest.skip("triton is not installed (CPU wheels of torch ship without it)")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("position", [0, 5, 64, 99])
+@pytest.mark.parametrize("splits", [1, 3])  # 1: a cuBLAS output, bias in; 3: skinny.py's fp32 partial sums + bias
+def test_qkv_kernel_is_the_projection_the_cache_write_and_the_attention(device: torch.device, splits: int,
+                                                                        position: int, dtype: torch.dtype) -> None:
+    _needs_triton(device)
+    torch.manual_seed(position)
+    b, heads, d, length = 3, 4, 16, 100
+    parts = torch.randn(splits, b, 3 * heads * d, device=device, dtype=torch.float32 if splits > 1 else dtype)
+    bias = torch.randn(3 * heads * d, device=device, dtype=dtype) if splits > 1 else None
+    k_cache, v_cache = (torch.randn(b, heads, length, d, device=device, dtype=dtype) for _ in range(2))
+    pos = torch.tensor([position], device=device)
+    # lean.py's unfused path: _project (partial sums added, rounded, bias), the cache writes, decode_attention
+    qkv = parts.float().sum(0).to(dtype) + (0 if bias is None else bias)
+    q, k, v = (t.view(b, 1, heads, d).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want_k[:, :, pos], want_v[:, :, pos] = k, v
+    want = flash_decode.decode_attention(q.contiguous(), want_k, want_v, pos, 0.125)
+    got = flash_decode.decode_attention_qkv(parts, bias, k_cache, v_cache, pos, 0.125)
+    # fp32: the same arithmetic, bit for bit. bf16 under the interpreter: it rounds fp32 -> bf16 toward zero (the GPU
+    # to nearest, as torch), so the kernel's one rounding of the projection may land one bf16 ulp off.
+    exact = dtype == torch.float32 or device.type == "cuda"
+    tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(k_cache, want_k, **tol)  # written in place, at `position` only
+    torch.testing.assert_close(v_cache, want_v, **tol)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_qkv_kernel_rejects_a_projection_that_does_not_fit_the_cache(device: torch.device) -> None:
+    _needs_triton(device)
+    cache = torch.zeros(2, 4, 8, 16, device=device)
+    with pytest.raises(ValueError, match=r"parts \[S, B, 3 \* heads \* D\]"):
+        flash_decode.decode_attention_qkv(torch.zeros(1, 2, 3 * 4 * 8, device=device), None, cache, cache.clone(),
+                                          torch.tensor([0], device=device), 1.0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, compiled: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens and caches of a few GPT-2 decode steps with fused_qkv on and off, eager or fullgraph-compiled (the
+    compiled kernel must write the caches in place, as the CUDA graph replays them)."""
+    _needs_triton(device)
+    from generators import loop  # noqa: PLC0415
+
+    if device.type != "cuda":
+        monkeypatch.setattr(flash_decode, "available", lambda q: True)  # the interpreter runs the kernels on CPU
+    model = build("tiny-gpt2", device=device)
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 4), device=device)
+
+    def run(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        lean = LeanModel(model, fused_qkv=fused)
+        d = loop.Decoding.allocate(3, 4, 6, None, None, device)
+        d.reset(ids)
+        caches = lean.new_cache(3, 10)
+        step = torch.compile(loop.lean_decode_one_token, fullgraph=True) if compiled else loop.lean_decode_one_token
+        with torch.inference_mode():
+            loop.append_token(d, lean(d.tokens[:, :4], torch.arange(4, device=device), caches))
+            for _ in range(5):
+                step(lean, caches, d)
+        return d.tokens, [t for kv in caches for t in kv]
+
+    (tokens, caches), (want_tokens, want_caches) = run(True), run(False)
+    assert torch.equal(tokens, want_tokens)
+    for got, want in zip(caches, want_caches, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

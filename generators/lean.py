@@ -36,10 +36,13 @@ def kv_heads_and_dim(config: object) -> tuple[int, int]:
 class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
 
-    def __init__(self, model: nn.Module, *, skinny_matmul: bool = True, flash_attention: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, skinny_matmul: bool = True, flash_attention: bool = True,
+                 fused_qkv: bool = False) -> None:
         super().__init__()
-        # False: every projection through its module, a step's attention as reductions (perf/lean_probe.py)
-        self.skinny_matmul, self.flash_attention = skinny_matmul, flash_attention
+        # False: every projection through its module, a step's attention as reductions (perf/lean_probe.py).
+        # fused_qkv (GPT-2, with flash_attention): a step's attention reads c_attn's output or partial sums and
+        # writes K/V itself (flash_decode.decode_attention_qkv), 3 fewer kernels per layer. Off until timed on a GPU.
+        self.skinny_matmul, self.flash_attention, self.fused_qkv = skinny_matmul, flash_attention, fused_qkv
         config = model.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -88,10 +91,15 @@ class LeanModel(nn.Module):
         if self.kind == "gpt2":
             t = self.hf.transformer
             h = t.wte(tokens) + t.wpe(positions)[None]
+            fused = self.fused_qkv and self.flash_attention and tokens.shape[1] == 1 and flash_decode.available(h)
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a, mlp = layer.attn, layer.mlp
-                q, k, v = self._project(a.c_attn, layer.ln_1(h)).chunk(3, dim=-1)
-                h = h + self._project(a.c_proj, self._attend(q, k, v, positions, mask, cache, scale))
+                x = layer.ln_1(h)
+                if fused:
+                    attended = self._attend_qkv(a.c_attn, x, positions, cache, scale)
+                else:
+                    attended = self._attend(*self._project(a.c_attn, x).chunk(3, dim=-1), positions, mask, cache, scale)
+                h = h + self._project(a.c_proj, attended)
                 h = h + self._project(mlp.c_proj, mlp.act(self._project(mlp.c_fc, layer.ln_2(h))))
             h = t.ln_f(h[:, -1])
         else:
@@ -119,6 +127,19 @@ class LeanModel(nn.Module):
         y = skinny.matmul(rows, w)
         y = y if proj.bias is None else y + proj.bias
         return y.view(*x.shape[:-1], -1)
+
+    def _attend_qkv(self, c_attn: nn.Module, x: torch.Tensor, positions: torch.Tensor,
+                    cache: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """_attend(*_project(c_attn, x).chunk(3)) for one GPT-2 decode step, the projection's sum, bias, K/V write
+        and attention in one kernel: skinny.py's partial sums go in as they are, a cuBLAS output as one."""
+        rows = x.reshape(-1, x.shape[-1])
+        if self.skinny_matmul and skinny.available(rows):
+            tf32 = torch.backends.cuda.matmul.allow_tf32
+            parts, bias = skinny.skinny_partials(rows, c_attn.weight, tf32), c_attn.bias
+        else:
+            parts, bias = c_attn(x).view(1, rows.shape[0], -1), None
+        out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale)  # [B, heads, 1, D]
+        return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
