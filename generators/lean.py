@@ -118,13 +118,21 @@ class LeanModel(nn.Module):
             h = m.norm(h[:, -1])
         return self.hf.lm_head(h)  # [B, V]: only the last position's logits are ever computed
 
-    def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """proj(x) for GPT-2's Conv1D (weight [in, out]) or nn.Linear (weight [out, in]), same weights."""
+    def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself
+        runs (skinny.py off, not CUDA, rows outside MIN_ROWS..MAX_ROWS)."""
         rows = x.reshape(-1, x.shape[-1])
         if not (self.skinny_matmul and skinny.available(rows)):
+            return None
+        # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
+        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t())
+
+    def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""
+        parts = self._partials(proj, x)
+        if parts is None:
             return proj(x)
-        w = proj.weight if self.kind == "gpt2" else proj.weight.t()  # a view: [in, out] either way
-        y = skinny.matmul(rows, w)
+        y = parts.sum(0).to(x.dtype)
         y = y if proj.bias is None else y + proj.bias
         return y.view(*x.shape[:-1], -1)
 
@@ -132,12 +140,9 @@ class LeanModel(nn.Module):
                     cache: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
         """_attend(*_project(c_attn, x).chunk(3)) for one GPT-2 decode step, the projection's sum, bias, K/V write
         and attention in one kernel: skinny.py's partial sums go in as they are, a cuBLAS output as one."""
-        rows = x.reshape(-1, x.shape[-1])
-        if self.skinny_matmul and skinny.available(rows):
-            tf32 = torch.backends.cuda.matmul.allow_tf32
-            parts, bias = skinny.skinny_partials(rows, c_attn.weight, tf32), c_attn.bias
-        else:
-            parts, bias = c_attn(x).view(1, rows.shape[0], -1), None
+        parts, bias = self._partials(c_attn, x), c_attn.bias
+        if parts is None:
+            parts, bias = c_attn(x).view(1, x.shape[0], -1), None  # the bias is in
         out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale)  # [B, heads, 1, D]
         return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 

@@ -133,8 +133,12 @@ def _(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 
+def partials(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with FP32_PRECISION exactly when
+    torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
+    return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32)
+
+
 def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ w [K, N] (any strides) in x's dtype, accumulated in fp32. fp32 inputs are multiplied with
-    FP32_PRECISION exactly when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    return skinny_partials(x, w, tf32).sum(0).to(x.dtype)
+    """x [M, K] @ w [K, N] in x's dtype, accumulated in fp32: ``partials`` summed."""
+    return partials(x, w).sum(0).to(x.dtype)

@@ -70,7 +70,6 @@ def _graph_us(calls: list, reps: int = 20) -> float:
 
 def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]:
     """us per call and GB/s of weights read, per layer projection shape, at M = rows."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32
     out = {}
     for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
         mods = [layer.get_submodule(name) for layer in model.transformer.h]
@@ -80,7 +79,7 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
             "cublas_addmm": [lambda m=m, x=x: torch.addmm(m.bias, x, m.weight) for m in mods],
             "cublas_linear_transposed": [lambda m=m, w=w, x=x: F.linear(x, w, m.bias)
                                          for m, w in zip(mods, transposed, strict=True)],
-            "skinny_partials": [lambda m=m, x=x: skinny.skinny_partials(x, m.weight, tf32) for m in mods],
+            "skinny_partials": [lambda m=m, x=x: skinny.partials(x, m.weight) for m in mods],
         }
         nbytes = mods[0].weight.numel() * mods[0].weight.element_size()
         k, n = mods[0].weight.shape
@@ -96,7 +95,7 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
 def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int], **lean_flags: bool
                     ) -> dict[int, float]:
     """Median ms of n lean steps as n / s replays of a graph holding s steps; lean_flags set LeanModel's
-    skinny_matmul / flash_attention (before the first trace: dynamo guards on them)."""
+    skinny_matmul / flash_attention / fused_qkv (before the first trace: dynamo guards on them)."""
     ids = bench.post_prompt(model, batch, "cuda")
     session = loop.LeanSession(model, ids, n + max(s_values), None, None, "compile")
     for flag, value in lean_flags.items():
