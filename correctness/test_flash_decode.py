@@ -10,13 +10,18 @@ from generators.lean import LeanModel
 from generators.models import build
 
 
-@pytest.mark.skipif(flash_decode.triton is None, reason="triton is not installed (CPU wheels of torch ship without it)")
+def _needs_triton(device: torch.device) -> None:
+    if flash_decode.triton is None:
+        pytest.skip("triton is not installed (CPU wheels of torch ship without it)")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("position", [0, 5, 63, 64, 99])  # one slot, within a block, on and past a block edge
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])  # llama: grouped-query attention
 def test_kernel_matches_the_reductions(device: torch.device, family: str, position: int, dtype: torch.dtype) -> None:
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
+    _needs_triton(device)
     lean = LeanModel(build(family, device=device))
     torch.manual_seed(position)
     b, length = 3, 100
@@ -29,13 +34,6 @@ def test_kernel_matches_the_reductions(device: torch.device, family: str, positi
     got = flash_decode.decode_attention(q, k_cache, v_cache, pos, 0.125)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     torch.testing.assert_close(got, want, **tol)
-
-
-def _needs_triton(device: torch.device) -> None:
-    if flash_decode.triton is None:
-        pytest.skip("triton is not installed (CPU wheels of torch ship without it)")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

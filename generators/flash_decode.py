@@ -76,8 +76,8 @@ if triton is not None:
         d = tl.arange(0, D_PAD)
         q = tl.load(q_ptr + row * stride_qb + head * stride_qh + d, mask=d < D, other=0.0).to(tl.float32)
         position = tl.load(pos_ptr)  # slots 0..position: the step's own K/V is already written
-        out = _attend_filled(q, k_ptr, v_ptr, row * stride_kb + kv_head * stride_kh, stride_kl, d, position, q, q,
-                             scale, LENGTH, D, BLOCK, False)
+        out = _attend_filled(q, k_ptr, v_ptr, row * stride_kb + kv_head * stride_kh, stride_kl, d, position,
+                             q, q, scale, LENGTH, D, BLOCK, False)  # (q, q: k_new, v_new, unused here)
         tl.store(out_ptr + (row * tl.num_programs(1) + head) * D + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
     @triton.jit

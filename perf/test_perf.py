@@ -90,7 +90,8 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
 
     # Host-bound loops past 100 tokens take 1-7 s a generation on an H200; fewer rounds there keep the full grid
     # within 10 minutes. Their stored-baseline times are not gated anyway (perf/gate.py: too noisy between processes).
-    long_host = benchmark_class(gen) == gate.HOST and new_tokens > 100
+    klass = benchmark_class(gen)
+    long_host = klass == gate.HOST and new_tokens > 100
     info = benchmark.extra_info
     paired = ab_base is not None and ab_base.has(variant)
     if paired:
@@ -108,7 +109,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
         # They are the verdict's samples (extra_info), not pytest-benchmark's: its stats keep the first `rounds`.
         band = ab_bands(pytestconfig)[1].get(benchmark.name)
         info["ab_extra_rounds"] = ab.extend_rounds(
-            lambda: gate.judge(benchmark.name, base_times[warmup:], cur_times[warmup:], klass=benchmark_class(gen),
+            lambda: gate.judge(benchmark.name, base_times[warmup:], cur_times[warmup:], klass=klass,
                                band=band, paired=True),
             lambda: (base_generation(), one_generation()), rounds, gate.AB_EXTENSIONS)
         info["ab_base_s"] = base_times[warmup:]
@@ -130,7 +131,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
         _NAIVE_MEDIAN[key] = median
     info.update(variant=variant, batch=batch, new_tokens=new_tokens, dtype=dtype, steps=steps,
                 tokens_per_s=batch * steps / median, speedup_vs_naive=_NAIVE_MEDIAN.get(key, float("nan")) / median)
-    info["class"] = benchmark_class(gen)
+    info["class"] = klass
     if device.type == "cuda":
         if paired:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py says why)
             base_peak, cur_peak = ab.arm_peaks(ab_base, variant, model, input_ids, new_tokens, eos)
