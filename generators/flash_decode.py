@@ -7,7 +7,7 @@ still empty. Here the filled length is read on the device (``position + 1``) and
 off, so the kernel reads only the filled slots while one CUDA graph still replays every step (fixed shapes).
 Online softmax in fp32, as the reductions and the fused SDPA kernels accumulate.
 
-``decode_attention_qkv`` (GPT-2, lean.py's ``fused_qkv``, off by default until timed on a GPU) goes one step
+``decode_attention_qkv`` (GPT-2, lean.py's ``fused_qkv``, on by default: 4-7% off a lean step on an H200) goes one step
 further: it takes c_attn's output, or skinny.py's fp32 partial sums of it, adds them and the bias for this row and
 head, writes K and V into the cache in place and attends with them from registers. That is one kernel where the
 unfused step runs four or five (the qkv sum and bias fused into two cache writes and one or two copies of q, then

@@ -9,7 +9,8 @@ kernels and one CUDA graph replays it:
   step's position (an index_put that inductor keeps in place);
 - a step's attention is, on CUDA, one Triton kernel (flash_decode.py) whose loop stops at the filled length
   read on the device, so shapes stay fixed for the CUDA graph; elsewhere a few fused reductions over the whole
-  cache with a positions mask built once per step (not per layer);
+  cache with a positions mask built once per step (not per layer); for GPT-2 that kernel also sums c_attn's
+  output, adds its bias and writes K/V into the cache itself (fused_qkv);
 - norms and activations are the model's own modules, called as they are; projections read the model's own
   weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows (cuBLAS's split-K
   kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise.
@@ -37,11 +38,12 @@ class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
 
     def __init__(self, model: nn.Module, *, skinny_matmul: bool = True, flash_attention: bool = True,
-                 fused_qkv: bool = False) -> None:
+                 fused_qkv: bool = True) -> None:
         super().__init__()
         # False: every projection through its module, a step's attention as reductions (perf/lean_probe.py).
         # fused_qkv (GPT-2, with flash_attention): a step's attention reads c_attn's output or partial sums and
-        # writes K/V itself (flash_decode.decode_attention_qkv), 3 fewer kernels per layer. Off until timed on a GPU.
+        # writes K/V itself (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an
+        # H200 (perf/RESULTS.md, "qkv into the attention kernel").
         self.skinny_matmul, self.flash_attention, self.fused_qkv = skinny_matmul, flash_attention, fused_qkv
         config = model.config
         kind = config.model_type
