@@ -60,7 +60,8 @@ def readme_code_lines():
 
 
 def pytest_commands(lines):
-    return {line for line in lines if re.match(r"(python3? -m )?pytest\b", line)}
+    """The pytest command lines, a leading `taskset -c CPUS` (the gate pins itself to one core) included."""
+    return {line for line in lines if re.match(r"(taskset -c \S+ )?(python3? -m )?pytest\b", line)}
 
 
 # --- GitHub expressions -------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ masks built per layer, the whole forward's generality), while reading GPT-2 smal
 Here a step is what decoding needs and nothing else, so torch.compile(fullgraph=True) can fuse it into few
 kernels and one CUDA graph replays it:
 - the KV cache is one preallocated [B, kv_heads, P + N, head_dim] pair per layer, written in place at the
-  step's position (an index_put that inductor keeps in place);
+  step's position (an index_put that inductor keeps in place; in a GPT-2 decode step on CUDA, the attention
+  kernel writes it, below);
 - a step's attention is, on CUDA, one Triton kernel (flash_decode.py) whose loop stops at the filled length
   read on the device, so shapes stay fixed for the CUDA graph; elsewhere a few fused reductions over the whole
   cache with a positions mask built once per step (not per layer); for GPT-2 that kernel also sums c_attn's

@@ -1,4 +1,5 @@
-"""The one decode loop, and the three things a variant chooses: cache, execution and stop check.
+"""The one decode loop, and the four things a variant chooses: forward (HF's or lean.py's), cache, execution
+and stop check.
 
 A step appends one token column to a preallocated [B, P + N] buffer. Cached variants run an eager prefill
 (the prompt) as step 0 and then one-token steps (`dynamic_step`, `decode_one_token`, `lean_decode_one_token`);

@@ -1,8 +1,10 @@
 """A matmul for decoding's skinny shapes: x [M, K] @ W [K, N] with M the batch (2..16), N and K the layer's.
 
-Why: at a few rows an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at ~0.85 TB/s at
-M = 32, a fifth of copy bandwidth (perf/RESULTS.md): a decode step is four small GEMMs per layer, each too short to
-fill the card. Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
+Why: at a few rows an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at a fraction
+of copy bandwidth (~0.85 TB/s measured at M = 32, perf/RESULTS.md): a decode step is four small GEMMs per layer,
+each too short to fill the card. With the fp32-faithful tf32x3 products it ships with, this kernel clearly beats
+cuBLAS at 2-16 rows only, so that is where the lean step uses it (``MIN_ROWS, MAX_ROWS``).
+Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
 GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per
 column block give S x N / BLOCK_N programs, enough to cover every SM. The S partials are summed by ``matmul``'s
 caller-visible ``.sum(0)``, a plain torch op: under torch.compile inductor fuses it (and the bias, activation,

@@ -19,7 +19,8 @@ compared with a baseline recorded by another process. Measured between separate 
 (perf/RESULTS.md, "The perf gate on one GPU: first evidence"):
 
 * CUDA-graph loops ("device" class): untouched rows moved -7.8%..+5.4%, so their absolute time is a usable but
-  coarse signal; the default band is +-6% (``DEFAULT_BAND``), per benchmark from ``bands.json`` where stored.
+  coarse signal; the default band is +-6% (``DEFAULT_BAND``), per benchmark from ``bands.json`` where stored
+  (``python -m perf.gate calibrate S1.json S2.json ... --out perf/baselines/<gpu-model>/bands.json``).
 * Eager, default-``torch.compile`` and HF loops ("host" class) are CPU/launch bound and moved -44%..+100%: the
   whole process is faster or slower. They are judged on ``time / host-probe median of the same session``, but
   **that normalisation is refuted by the data** (the probe moved +-20% in unrelated directions, 7 of 16 host
@@ -288,6 +289,23 @@ def ab_pairs_from_json(report: Mapping) -> tuple[dict[str, tuple[list[float], li
     return pairs, classes
 
 
+def session_from_json(report: Mapping) -> tuple[Session, dict[str, str]]:
+    """The raw samples, host-probe median and classes of one pytest-benchmark JSON report of a stored-baseline
+    session (``--benchmark-save`` or ``--benchmark-json`` with ``--benchmark-save-data``), for ``calibrate_bands``."""
+    samples, classes, probe = {}, {}, None
+    for bench in report.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if info.get("injected_slowdown"):
+            raise ValueError(f"{bench['name']}: has an injected slowdown; a calibration session must not")
+        if info.get("class") == "probe":
+            probe = bench["stats"]["median"]
+        elif info.get("class") in CLASSES:
+            if "data" not in bench["stats"]:
+                raise ValueError(f"{bench['name']}: no raw samples (record the session with --benchmark-save-data)")
+            samples[bench["name"]], classes[bench["name"]] = bench["stats"]["data"], info["class"]
+    return Session(samples, probe), classes
+
+
 def too_noisy(bands: Mapping[str, float]) -> list[str]:
     """Benchmarks whose calibrated band exceeds BAND_CAP: the gate cannot promise to catch 10% in them."""
     return sorted(name for name, band in bands.items() if band > BAND_CAP)
@@ -388,23 +406,37 @@ def _memory(v: Verdict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m perf.gate calibrate-ab AA1.json AA2.json ... [--out bands_ab.json]``"""
+    """``python -m perf.gate calibrate-ab AA1.json AA2.json ... [--out bands_ab.json]`` (A/B bands) or
+    ``python -m perf.gate calibrate S1.json S2.json ... [--out bands.json]`` (stored-baseline bands)."""
     parser = argparse.ArgumentParser(prog="python -m perf.gate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cal = sub.add_parser("calibrate-ab", help="A/B noise bands from >= 2 A/A sessions' --benchmark-json files")
-    cal.add_argument("reports", nargs="+", help="pytest-benchmark JSON of A/A sessions (--benchmark-json=FILE)")
-    cal.add_argument("--out", help="write the bands here (perf/baselines/<gpu-model>/bands_ab.json)")
+    cal_ab = sub.add_parser("calibrate-ab", help="A/B noise bands from >= 2 A/A sessions' --benchmark-json files")
+    cal_ab.add_argument("reports", nargs="+", help="pytest-benchmark JSON of A/A sessions (--benchmark-json=FILE)")
+    cal_ab.add_argument("--out", help="write the bands here (perf/baselines/<gpu-model>/bands_ab.json)")
+    cal = sub.add_parser("calibrate", help="stored-baseline noise bands from >= 2 sessions of an unchanged tree")
+    cal.add_argument("reports", nargs="+", help="pytest-benchmark JSON of those sessions, saved with "
+                     "--benchmark-save-data (the stored baselines' files, or --benchmark-json=FILE)")
+    cal.add_argument("--out", help="write the bands here (perf/baselines/<gpu-model>/bands.json)")
     args = parser.parse_args(argv)
     sessions, classes = [], {}
     for path in args.reports:
         with open(path) as f:
-            pairs, session_classes = ab_pairs_from_json(json.load(f))
-        if not pairs:
-            parser.error(f"{path}: no A/B samples in it (was it run with --ab-base?)")
-        sessions.append(pairs)
+            report = json.load(f)
+        try:
+            if args.command == "calibrate-ab":
+                session, session_classes = ab_pairs_from_json(report)
+                if not session:
+                    parser.error(f"{path}: no A/B samples in it (was it run with --ab-base?)")
+            else:
+                session, session_classes = session_from_json(report)
+                if not session.samples:
+                    parser.error(f"{path}: no perf benchmarks in it")
+        except ValueError as e:
+            parser.error(f"{path}: {e}")
+        sessions.append(session)
         classes.update(session_classes)
     try:
-        bands = calibrate_ab_bands(sessions, classes)
+        bands = (calibrate_ab_bands if args.command == "calibrate-ab" else calibrate_bands)(sessions, classes)
     except ValueError as e:
         parser.error(str(e))
     text = json.dumps(dict(sorted(bands.items())), indent=2) + "\n"

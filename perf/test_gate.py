@@ -477,9 +477,39 @@ def test_calibrate_ab_command_reads_benchmark_json(tmp_path, capsys) -> None:
     assert gate.main(["calibrate-ab", *map(str, paths), "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == {"b": pytest.approx(1.04**gate.SAFETY - 1)}
     paths[1].write_text(json.dumps(report(1.1, injected_slowdown=0.1)))
-    with pytest.raises(ValueError, match="injected slowdown"):
+    with pytest.raises(SystemExit):
         gate.main(["calibrate-ab", *map(str, paths)])
+    assert "injected slowdown" in capsys.readouterr().err
 
+
+
+def test_calibrate_command_reads_stored_baseline_json(tmp_path, capsys) -> None:
+    """bands.json for --benchmark-compare from the sessions' own files: raw samples, classes, the host probe."""
+    import json
+
+    def report(graph: float, eager: float, probe: float, save_data: bool = True, **extra) -> dict:
+        def bench(name: str, klass: str, median: float, **info) -> dict:
+            stats = {"median": median} | ({"data": [median] * 3} if save_data else {})
+            return {"name": name, "stats": stats, "extra_info": {"class": klass, **info}}
+        return {"benchmarks": [bench("graph", DEVICE, graph, **extra), bench("eager", HOST, eager),
+                               bench("probe", "probe", probe)]}
+
+    paths = [tmp_path / "s0.json", tmp_path / "s1.json"]
+    # graph moves 4% between sessions; eager moves 50%, but so does the probe: only graph's band widens
+    paths[0].write_text(json.dumps(report(1.0, 1.0, 0.4)))
+    paths[1].write_text(json.dumps(report(1.04, 1.5, 0.6)))
+    out = tmp_path / "bands.json"
+    assert gate.main(["calibrate", *map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"graph": pytest.approx(1.04**gate.SAFETY - 1),
+                                           "eager": gate.BAND_FLOOR[HOST]}
+    for bad, message in [(report(1.0, 1.0, 0.4, save_data=False), "--benchmark-save-data"),
+                         (report(1.0, 1.0, 0.4, injected_slowdown=0.1), "injected slowdown")]:
+        paths[1].write_text(json.dumps(bad))
+        with pytest.raises(SystemExit):
+            gate.main(["calibrate", *map(str, paths)])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gate.main(["calibrate", str(paths[0])])  # one session measures no noise
 
 # --- more rounds for an undecided A/B row (ab.extend_rounds) -------------------------------------------------
 
