@@ -44,15 +44,28 @@ def _kernels(g: Generator, model: torch.nn.Module, ids: torch.Tensor, n: int) ->
             and not any(s in e.name.lower() for s in ("memcpy", "memset"))]
 
 
+def per_step(long: list, short: list, k: int) -> dict[str, dict[str, float]]:
+    """Launches and GPU us per decode step of each kernel name, from the events of a generation of 2 + k steps and
+    one of 2 (the difference is k decode steps, no prefill), largest time first."""
+    per_name: dict[str, list[float]] = {}
+    for events, sign in ((long, 1), (short, -1)):
+        for e in events:
+            launches_us = per_name.setdefault(e.name[:80], [0.0, 0.0])
+            launches_us[0] += sign / k
+            launches_us[1] += sign * e.device_time_total / k
+    ranked = sorted(per_name.items(), key=lambda kv: -kv[1][1])
+    return {name: {"launches": round(n, 2), "us": round(us, 2)} for name, (n, us) in ranked
+            if abs(n) > 1e-9 or abs(us) > 1e-9}
+
+
 def step_profile(g: Generator, model: torch.nn.Module, batch: int, k: int = 10, top: int = 8) -> dict:
     ids = bench.post_prompt(model, batch, "cuda")
     short, long = _kernels(g, model, ids, 2), _kernels(g, model, ids, 2 + k)
-    per_name: dict[str, float] = {}
-    for e in long:
-        per_name[e.name[:80]] = per_name.get(e.name[:80], 0.0) + e.device_time_total / (2 + k)
+    by_name = per_step(long, short, k)  # every kernel, so a change in the count can be traced to its kernels
     busy = sum(e.device_time_total for e in long) - sum(e.device_time_total for e in short)
     return {"kernels_per_step": (len(long) - len(short)) / k, "kernel_us_per_step": busy / k,
-            "top_kernels_us_per_step": dict(sorted(per_name.items(), key=lambda kv: -kv[1])[:top])}
+            "top_kernels_us_per_step": {name: v["us"] for name, v in list(by_name.items())[:top]},
+            "kernels_by_name_per_step": by_name}
 
 
 def _graph_us(calls: list, reps: int = 20) -> float:

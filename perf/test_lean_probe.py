@@ -1,0 +1,27 @@
+"""lean_probe's per-step kernel table on synthetic profiler events (the probe itself needs a GPU)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from perf.lean_probe import per_step
+
+
+def events(*named_us: tuple[str, float]) -> list[SimpleNamespace]:
+    return [SimpleNamespace(name=name, device_time_total=us) for name, us in named_us]
+
+
+def test_per_step_counts_only_the_decode_steps() -> None:
+    # 2-step run: prefill gemm + 2 steps of (gemm, attn); 12-step run: the same prefill + 12 steps (k = 10 more)
+    prefill = [("gemm", 50.0), ("prefill_only", 7.0)]
+    short = events(*prefill, *[("gemm", 9.0), ("attn", 3.0)] * 2)
+    long = events(*prefill, *[("gemm", 9.0), ("attn", 3.0)] * 12)
+    table = per_step(long, short, 10)
+    assert list(table) == ["gemm", "attn"]  # largest time first; the prefill-only kernel cancels out
+    assert table["gemm"] == {"launches": pytest.approx(1.0), "us": pytest.approx(9.0)}
+    assert table["attn"] == {"launches": pytest.approx(1.0), "us": pytest.approx(3.0)}
+
+
+def test_per_step_keeps_kernels_that_appear_only_in_decode_steps() -> None:
+    table = per_step(events(("a", 4.0), ("b", 2.0), ("b", 2.0)), events(("a", 4.0)), 2)
+    assert table == {"b": {"launches": 1.0, "us": 2.0}}
