@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown variants {unknown}; known: {', '.join(GENERATORS)}")
     else:
         names = [n for n, g in GENERATORS.items() if on_cuda or (not g.requires_cuda and g.execution == "eager")]
+    # --profile-steps profiles what was asked for: naive, added below only as the reference, would otherwise open
+    # nsys's capture window first, and nsys's default --capture-range-end (stop-shutdown) ends the run there.
+    requested = set(names)
     if "naive" not in names:
         names.insert(0, "naive")  # the speedup column and the token check are against naive
     skipped = [n for n in GENERATORS if n not in names]
@@ -99,9 +102,6 @@ def main(argv: list[str] | None = None) -> int:
               "model: name them with --variants to include them; the CUDA-only ones need a GPU)"), flush=True)
 
     capture = parse_capture(args.profile_steps) if args.profile_steps else None
-    # Profile what was asked for: naive, added above only as the reference, would otherwise open nsys's capture
-    # window first, and nsys's default --capture-range-end (stop-shutdown) ends the run at that first window.
-    profiled = set(args.variants.split(",") if args.variants else names) if capture else set()
     results, failed, total, start = [], [], len(grid) * len(names), time.perf_counter()
     for batch, new_tokens in grid:
         naive_tokens = None
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             done = len(results) + 1
             print(f"[{done}/{total}] {name:<24} b={batch:<3} n={new_tokens:<4} ", end="", flush=True, file=sys.stderr)
             try:
-                with profiling.enabled(capture) if name in profiled else contextlib.nullcontext():
+                with profiling.enabled(capture) if capture and name in requested else contextlib.nullcontext():
                     m = bench.measure(name, model, batch, new_tokens, reps=args.reps, warmup=args.warmup)
             except Exception as e:  # report it and go on: one broken variant must not hide the others' numbers
                 failed.append(f"{name} b={batch} n={new_tokens}: {type(e).__name__}: {e}")

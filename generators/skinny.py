@@ -6,10 +6,10 @@ each too short to fill the card. With the fp32-faithful tf32x3 products it ships
 cuBLAS at 2-16 rows only, so that is where the lean step uses it (``MIN_ROWS, MAX_ROWS``).
 Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
 GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per
-column block give S x N / BLOCK_N programs, enough to cover every SM. The S partials are summed by ``matmul``'s
-caller-visible ``.sum(0)``, a plain torch op: under torch.compile inductor fuses it (and the bias, activation,
-residual) into the kernel that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel. A
-fixed S per shape keeps the summation order, hence the result, deterministic (no atomics).
+column block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
+``_project`` with a plain ``.sum(0)``, which inductor fuses (with the bias, activation, residual) into the kernel
+that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel; flash_decode.py's qkv
+kernel for c_attn. A fixed S per shape keeps the summation order, hence the result, deterministic (no atomics).
 
 CUDA only; ``available()`` says whether it is used here (triton importable, a CUDA tensor, MIN_ROWS..MAX_ROWS
 rows).
@@ -139,8 +139,3 @@ def partials(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with FP32_PRECISION exactly when
     torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
     return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32)
-
-
-def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ w [K, N] in x's dtype, accumulated in fp32: ``partials`` summed."""
-    return partials(x, w).sum(0).to(x.dtype)
