@@ -1,13 +1,15 @@
-"""The correctness suite's own marker and the session's tie ration (see ties.py)."""
+"""The correctness suite's own marker, the session's tie ration (see ties.py) and the Triton kernels' device."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 from correctness.ties import LEDGER, TieLedger
+from generators import skinny
 
 PER_SHAPE_REASON = "compiles per shape; covered by test_contract's slow test on CPU and by the gpu profile"
 
@@ -23,6 +25,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "per_shape_compile" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=f"on --device={device}: {PER_SHAPE_REASON}"))
+
+
+@pytest.fixture
+def needs_triton(device: torch.device) -> None:
+    """For a Triton kernel's test (skinny.py, flash_decode.py, which import triton alike; use it with
+    ``pytest.mark.usefixtures``): skipped where triton is missing, and on CPU unless Triton's interpreter is on."""
+    if skinny.triton is None:
+        pytest.skip("triton is not installed (CPU wheels of torch ship without it)")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,5 @@
 """flash_decode.py's kernel against lean.py's reductions (CUDA, or Triton's interpreter with TRITON_INTERPRET=1)."""
 
-import os
-
 import pytest
 import torch
 
@@ -9,19 +7,13 @@ from generators import flash_decode
 from generators.lean import LeanModel
 from generators.models import build
 
-
-def _needs_triton(device: torch.device) -> None:
-    if flash_decode.triton is None:
-        pytest.skip("triton is not installed (CPU wheels of torch ship without it)")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
+pytestmark = pytest.mark.usefixtures("needs_triton")  # every test here runs a Triton kernel
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("position", [0, 5, 63, 64, 99])  # one slot, within a block, on and past a block edge
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])  # llama: grouped-query attention
 def test_kernel_matches_the_reductions(device: torch.device, family: str, position: int, dtype: torch.dtype) -> None:
-    _needs_triton(device)
     lean = LeanModel(build(family, device=device))
     torch.manual_seed(position)
     b, length = 3, 100
@@ -41,7 +33,6 @@ def test_kernel_matches_the_reductions(device: torch.device, family: str, positi
 @pytest.mark.parametrize("splits", [1, 3])  # 1: a cuBLAS output, bias in; 3: skinny.py's fp32 partial sums + bias
 def test_qkv_kernel_is_the_projection_the_cache_write_and_the_attention(device: torch.device, splits: int,
                                                                         position: int, dtype: torch.dtype) -> None:
-    _needs_triton(device)
     torch.manual_seed(position)
     b, heads, d, length = 3, 4, 16, 100
     parts = torch.randn(splits, b, 3 * heads * d, device=device, dtype=torch.float32 if splits > 1 else dtype)
@@ -65,7 +56,6 @@ def test_qkv_kernel_is_the_projection_the_cache_write_and_the_attention(device: 
 
 
 def test_qkv_kernel_rejects_a_projection_that_does_not_fit_the_cache(device: torch.device) -> None:
-    _needs_triton(device)
     cache = torch.zeros(2, 4, 8, 16, device=device)
     with pytest.raises(ValueError, match=r"parts \[S, B, 3 \* heads \* D\]"):
         flash_decode.decode_attention_qkv(torch.zeros(1, 2, 3 * 4 * 8, device=device), None, cache, cache.clone(),
@@ -77,7 +67,6 @@ def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, comp
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokens and caches of a few GPT-2 decode steps with fused_qkv on and off, eager or fullgraph-compiled (the
     compiled kernel must write the caches in place, as the CUDA graph replays them)."""
-    _needs_triton(device)
     from generators import loop  # noqa: PLC0415
 
     if device.type != "cuda":

@@ -1,6 +1,5 @@
 """skinny.py: its K slabs cover K exactly, and its partial sums add up to x @ w (CUDA, or Triton's interpreter)."""
 
-import os
 
 import pytest
 import torch
@@ -19,12 +18,10 @@ def test_plan_covers_k_once(m: int, k: int, n: int, sms: int) -> None:
     assert block_n in (32, 64)
 
 
-@pytest.mark.skipif(skinny.triton is None, reason="triton is not installed (CPU wheels of torch ship without it)")
+@pytest.mark.usefixtures("needs_triton")
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv1d", "linear"])
 @pytest.mark.parametrize(("m", "k", "n"), SHAPES)
 def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, transposed: bool) -> None:
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
     torch.manual_seed(0)
     x = torch.randn(m, k, device=device)
     w = torch.randn(n, k, device=device).t() if transposed else torch.randn(k, n, device=device)
@@ -84,14 +81,12 @@ def test_round_to_tf32_is_nearest_ties_away() -> None:
     assert torch.equal(got.double()[finite], want[finite])
 
 
-@pytest.mark.skipif(skinny.triton is None, reason="triton is not installed (CPU wheels of torch ship without it)")
+@pytest.mark.usefixtures("needs_triton")
 def test_tf32_rounded_kernel_rounds_its_tiles(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> None:
     """"tf32-rounded" gives float64's product of round_to_tf32'd inputs, to within fp32 accumulation, and not the
     unrounded product. Triton's interpreter ignores tl.dot's input_precision (numpy fp32 products), so there the
     kernel's own rounding is all that moves it; on a GPU, TF32 products of TF32 values are exact, so the same bound
     holds, and without the rounding the tensor cores' truncation fails it the other way."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
     monkeypatch.setattr(skinny, "FP32_PRECISION", "tf32-rounded")
     m, k, n = 3, 512, 70  # split K, ragged M and N
     g = torch.Generator().manual_seed(0)
@@ -117,11 +112,9 @@ def test_tf32_rounded_kernel_rounds_its_tiles(device: torch.device, monkeypatch:
     assert ((got - x.double() @ w.double()).abs() > tol).all(), "as the unrounded product: no rounding?"
 
 
-@pytest.mark.skipif(skinny.triton is None, reason="triton is not installed (CPU wheels of torch ship without it)")
+@pytest.mark.usefixtures("needs_triton")
 def test_tf32_rounded_kernel_keeps_nan(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN with every mantissa bit set stays NaN: adding half an ulp to its bits would wrap it to 0 or -0."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("a Triton kernel: needs CUDA, or TRITON_INTERPRET=1 to run on CPU")
     monkeypatch.setattr(skinny, "FP32_PRECISION", "tf32-rounded")
     x, w = torch.ones(2, 64), torch.ones(64, 32)
     x[0, 0], w[1, 0] = _floats([0xFFFFFFFF]), _floats([0x7FFFFFFF])
