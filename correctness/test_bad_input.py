@@ -63,6 +63,22 @@ def test_longest_allowed_generation_is_accepted() -> None:
     check_inputs(contract_model("cpu"), prompts("cpu"), 256 - PROMPT_LEN, None, None)
 
 
+def test_capture_room_must_fit_the_models_positions() -> None:
+    """A CUDA-graph generator's warm-up steps run past a short generation's end: they must fit too."""
+    model, ids = contract_model("cpu"), torch.zeros(1, 256 - 4, dtype=torch.long)
+    check_inputs(model, ids, 1, None, None, capture_room=4)  # P + 4 == 256: fits
+    with pytest.raises(ValueError, match=r"CUDA-graph generator runs 4 positions.*prompt_len \+ 4 = 257"):
+        check_inputs(model, torch.zeros(1, 256 - 3, dtype=torch.long), 1, None, None, capture_room=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.execution == "cuda_graph"])
+def test_cuda_graph_generator_checks_its_capture_room(name: str, device: torch.device) -> None:
+    """Not a crash in a warm-up step: P + max_new_tokens fits the 256 positions, P + the capture's room does not."""
+    with pytest.raises(ValueError, match="CUDA-graph generator"):
+        generate(name, contract_model(device), torch.zeros(1, 256 - 2, dtype=torch.long, device=device), 2)
+
+
 def test_unknown_generator_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="'nope'") as info:
         generate("nope", contract_model("cpu"), prompts("cpu"), 4)

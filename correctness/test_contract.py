@@ -57,6 +57,22 @@ def test_cases_do_what_they_say(case_name: str, device: torch.device) -> None:
         assert all(finished) and n > 1, generated
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 3])
+@pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.execution == "cuda_graph"])
+def test_generation_shorter_than_the_capture_warm_up(name: str, max_new_tokens: int, device: torch.device) -> None:
+    """capture() runs its warm-up steps for real (loop.CAPTURE_ROOM positions after the prompt): a session for
+    fewer new tokens must still hold them, or they write past its token buffer and KV cache."""
+    model = contract_model(device)
+    for case_name in ("no_eos", "first_step"):
+        ids, eos, pad = case(case_name, model)
+        out = generate(name, model, ids, max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+        label = f"{name}, {max_new_tokens} new tokens, case {case_name}"
+        assert_contract(out, ids, max_new_tokens, eos, pad, label)
+        want = generate("naive", model, ids, max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+        assert torch.equal(out.cpu(), want.cpu()), f"{label}:\n{out}\nnaive:\n{want}"
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_no_eos_ignores_the_models_own_eos(name: str, device: torch.device) -> None:
     """eos_token_id=None means no early stop, even where the model's config names an EOS that it emits."""

@@ -57,7 +57,8 @@ class Generator:
     def __call__(self, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
                  eos_token_id: int | None = None, pad_token_id: int | None = None) -> torch.Tensor:
         input_ids, eos, pad = check_inputs(model, input_ids, max_new_tokens, eos_token_id, pad_token_id,
-                                           requires_cuda=self.requires_cuda)
+                                           requires_cuda=self.requires_cuda,
+                                           capture_room=loop.CAPTURE_ROOM if self.execution == "cuda_graph" else 0)
         if self.reference is not None:
             cache_impl = "static" if self.reference == "static" else None
             return hf.hf_generate(model, input_ids, max_new_tokens, eos=eos, pad=pad,

@@ -150,6 +150,8 @@ class StaticSession:
                  eos: int | None, pad: int | None, execution: str) -> None:
         batch, prompt_len = input_ids.shape
         self.model = model  # the step below is bound to it anyway
+        if execution == "cuda_graph":  # capture() really runs its warm-up steps: buffers must hold them
+            max_new_tokens = max(max_new_tokens, CAPTURE_ROOM)
         self.d = Decoding.allocate(batch, prompt_len, max_new_tokens, eos, pad, input_ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.step = self._bind_step(execution, batch, prompt_len + max_new_tokens)
@@ -197,13 +199,20 @@ class LeanSession(StaticSession):
         append_token(self.d, self.lean(self.d.tokens[:, : self.d.prompt_len], positions, self.caches))
 
 
+CAPTURE_WARMUP = 3
+# Token columns capture() writes after the prompt: the prefill's, then its warm-up steps' (the captured step
+# itself only records). A session for fewer new tokens still allocates this many.
+CAPTURE_ROOM = 1 + CAPTURE_WARMUP
+
+
 def capture(step: Callable[[], None], steps: int = 1) -> torch.cuda.CUDAGraph:
     """Warm `step` up (compile, autotune, lazy allocation) on a side stream, as the CUDA graphs docs ask, then
-    capture `steps` calls of it in one graph. Warm-up and capture each advance the state: 3 + steps steps."""
+    capture `steps` calls of it in one graph. The warm-up runs and advances the state by CAPTURE_WARMUP steps; the
+    capture only records."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for _ in range(CAPTURE_WARMUP):
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()

@@ -28,8 +28,12 @@ def check_inputs(
     pad_token_id: object,
     *,
     requires_cuda: bool = False,
+    capture_room: int = 0,
 ) -> tuple[torch.Tensor, int | None, int | None]:
-    """Validate a generator call. Returns (input_ids as int64, eos_token_id, pad_token_id with its default)."""
+    """Validate a generator call. Returns (input_ids as int64, eos_token_id, pad_token_id with its default).
+
+    capture_room: new positions a CUDA-graph variant runs before capturing its step (loop.CAPTURE_ROOM), whatever
+    max_new_tokens is; they must fit the model's positions too."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
@@ -62,5 +66,12 @@ def check_inputs(
         raise ValueError(
             f"prompt_len + max_new_tokens = {prompt_len} + {max_new_tokens} exceeds the model's "
             f"{limit} positions (config.max_position_embeddings)"
+        )
+    if limit is not None and prompt_len + capture_room > limit:
+        raise ValueError(
+            f"a CUDA-graph generator runs {capture_room} positions after the prompt before it captures its step "
+            f"(max_new_tokens={max_new_tokens} or not): prompt_len + {capture_room} = {prompt_len + capture_room} "
+            f"exceeds the model's {limit} positions (config.max_position_embeddings); use a shorter prompt or a "
+            f"generator without a CUDA graph"
         )
     return input_ids.long(), eos, eos if pad is None else pad
