@@ -61,11 +61,33 @@ def test_a_clear_divergence_fails_with_row_step_tokens_and_gap() -> None:
 
 
 def test_too_many_ties_in_one_example_fail() -> None:
-    expected, a, b = _expected_and_tokens(contract_model("cpu"))
-    assert RATIONS[torch.float32].rows_per_example == 1
+    """Two different rows, each tied: one more than float32's cap."""
+    model = contract_model("cpu")
+    expected = generate("naive", model, case("no_eos", model).input_ids[:2], 8)
+    a = [int(t) for t in expected[:, PROMPT_LEN + STEP]]
+    b = [t for t in range(VOCAB) if t not in expected[:, : PROMPT_LEN + STEP + 1].flatten().tolist()][:2]
+    tied = copy.deepcopy(model)
+    with torch.no_grad():
+        for a_row, b_row in zip(a, b, strict=True):
+            tied.get_output_embeddings().weight[b_row] = tied.get_output_embeddings().weight[a_row]
+    actual = expected.clone()
+    for row in range(2):
+        actual[row, PROMPT_LEN + STEP :] = b[row]
+    assert RATIONS[torch.float32].rows_per_example == 1 and not torch.equal(expected[0], expected[1])
     with pytest.raises(AssertionError, match="2 near-tied rows in one example"):
-        assert_same_tokens(expected, _diverging(expected, [0, 1], b), model=_tied_model(a, b),
-                           prompt_len=PROMPT_LEN, eos=None, pad=None, label="crafted", ledger=TieLedger())
+        assert_same_tokens(expected, actual, model=tied, prompt_len=PROMPT_LEN, eos=None, pad=None, label="crafted",
+                           ledger=TieLedger())
+
+
+def test_a_repeated_row_ties_once() -> None:
+    """Two copies of one prompt, tied alike, are one tie and one row's compared steps."""
+    expected, a, b = _expected_and_tokens(contract_model("cpu"))
+    assert torch.equal(expected[0], expected[1])
+    ledger = TieLedger()
+    ties = assert_same_tokens(expected, _diverging(expected, [0, 1], b), model=_tied_model(a, b),
+                              prompt_len=PROMPT_LEN, eos=None, pad=None, label="crafted", ledger=ledger)
+    assert len(ties) == 1 and "row 0" in ties[0], ties
+    assert ledger.steps == {torch.float32: STEP + 1}
 
 
 def test_a_different_token_after_eos_is_never_a_tie() -> None:
