@@ -30,6 +30,10 @@ class Decoding:
     finished: torch.Tensor  # [B] bool: the row has produced EOS
     stop: torch.Tensor  # [] bool: every row has produced EOS
     col: torch.Tensor  # [1] int64: the column the next token goes to (P + step)
+    # [1] int64: col - 1, the position of the last written token, which a step reads. Kept as a buffer because
+    # inductor recomputes `col - 1` into a fresh one for each custom op that reads it: 12 kernels a GPT-2 lean step
+    # (b=32 on an H200: 160 -> 148 kernels, 561 -> 543 us a step; perf/RESULTS.md, seventh session).
+    last: torch.Tensor
     eos: torch.Tensor | None  # [] int64, or None for no early stop
     pad: torch.Tensor  # [] int64: what a finished row emits
     prompt_len: int
@@ -45,6 +49,7 @@ class Decoding:
             finished=torch.empty(batch, dtype=torch.bool, device=device),
             stop=torch.empty((), dtype=torch.bool, device=device),
             col=torch.empty(1, dtype=torch.long, device=device),
+            last=torch.empty(1, dtype=torch.long, device=device),
             eos=None if eos is None else scalar(eos),
             pad=scalar(0 if pad is None else pad),
             prompt_len=prompt_len,
@@ -57,6 +62,7 @@ class Decoding:
         self.finished.zero_()
         self.stop.zero_()
         self.col.fill_(self.prompt_len)
+        self.last.fill_(self.prompt_len - 1)
 
 
 def append_token(d: Decoding, logits: torch.Tensor) -> None:
@@ -67,6 +73,7 @@ def append_token(d: Decoding, logits: torch.Tensor) -> None:
         d.finished |= next_token == d.eos
         d.stop.copy_(d.finished.all())
     d.tokens.index_copy_(1, d.col, next_token[:, None])
+    d.last.copy_(d.col)
     d.col += 1
 
 
@@ -102,9 +109,9 @@ def decode_one_token(model: torch.nn.Module, cache_kwargs: dict, d: Decoding) ->
 
     `cache_kwargs` is compat.cache_kwargs(model, kv_cache), resolved outside so dynamo never traces it.
     """
-    pos = d.col - 1  # [1]: the position of the last written token
-    last = d.tokens.index_select(1, pos)  # [B, 1]
-    out = model(last, position_ids=pos[None], use_cache=True, logits_to_keep=1, **cache_kwargs)
+    pos = d.last  # [1]: the position of the last written token
+    token = d.tokens.index_select(1, pos)  # [B, 1]
+    out = model(token, position_ids=pos[None], use_cache=True, logits_to_keep=1, **cache_kwargs)
     append_token(d, out.logits[:, -1])
 
 
@@ -126,8 +133,7 @@ def compiled_decode_one_token():
 
 def lean_decode_one_token(lean: LeanModel, caches: list, d: Decoding) -> None:
     """decode_one_token for the lean forward (lean.py): the same step, without Hugging Face's generality."""
-    pos = d.col - 1
-    append_token(d, lean(d.tokens.index_select(1, pos), pos, caches))
+    append_token(d, lean(d.tokens.index_select(1, d.last), d.last, caches))
 
 
 @cache
