@@ -144,8 +144,12 @@ class LeanModel(nn.Module):
         """_attend(*_project(c_attn, x).chunk(3)) for one GPT-2 decode step, the projection's sum, bias, K/V write
         and attention in one kernel: skinny.py's partial sums go in as they are, a cuBLAS output as one."""
         parts, bias = self._partials(c_attn, x), c_attn.bias
-        if parts is None:
-            parts, bias = c_attn(x).view(1, x.shape[0], -1), None  # the bias is in
+        rows = x.reshape(-1, x.shape[-1])
+        if parts is None and rows.shape[0] == 1:  # c_attn's own addmm, the bias in: cuBLAS's GEMV
+            parts, bias = c_attn(x).view(1, 1, -1), None
+        elif parts is None:  # mm, the kernel adds the bias: at 32 rows cuBLAS picks faster kernels for this
+            # than for c_attn's addmm (b=32 step -10% on an H200, b=1 +7%: perf/RESULTS.md, "The prefill ...")
+            parts = torch.mm(rows, c_attn.weight).view(1, rows.shape[0], -1)
         out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale)  # [B, heads, 1, D]
         return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
