@@ -186,7 +186,12 @@ class StaticSession:
 
 
 class LeanSession(StaticSession):
-    """The same session over the lean forward (lean.py) and its own per-layer K/V tensors."""
+    """The same session over the lean forward (lean.py) and its own per-layer K/V tensors. Under a CUDA graph the
+    prefill is captured too: eager, it is a few hundred kernel launches from Python, milliseconds of host time
+    against a step's ~0.5-0.8 ms of GPU time (perf/RESULTS.md, "The prefill in a CUDA graph")."""
+
+    capture_prefill = True  # False: an eager prefill, as the other sessions run it (perf/lean_probe.py's A/B)
+    prefill_graph: torch.cuda.CUDAGraph | None = None
 
     def _bind_step(self, execution: str, batch: int, max_len: int) -> Callable[[], None]:
         self.lean = LeanModel(self.model)
@@ -201,8 +206,17 @@ class LeanSession(StaticSession):
         self.d.reset(input_ids)
 
     def prefill(self) -> None:
+        if self.prefill_graph is not None:
+            self.prefill_graph.replay()
+            return
         positions = torch.arange(self.d.prompt_len, device=self.d.tokens.device)
         append_token(self.d, self.lean(self.d.tokens[:, : self.d.prompt_len], positions, self.caches))
+
+    def _capture(self, input_ids: torch.Tensor) -> None:
+        super()._capture(input_ids)  # the step's graph, after an eager prefill
+        if self.capture_prefill:  # the prompt is read from self.d.tokens, which reset() refills in place
+            self.reset(input_ids)
+            self.prefill_graph = capture(self.prefill)
 
 
 CAPTURE_WARMUP = 3

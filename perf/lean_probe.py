@@ -10,6 +10,8 @@ stop check, against the same N steps as single-step replays; the same with the l
 their modules (cuBLAS) instead of skinny.py, with its attention as reductions instead of flash_decode.py, and
 without fused_qkv (GPT-2's K/V cache writes and q as kernels of their own before the attention kernel, instead of
 c_attn's output or partial sums straight into it).
+Whole calls: lean_graph as the main job times it, with its prefill captured in a CUDA graph (the default) or run
+eagerly, calls of the two alternating.
 GEMMs: GPT-2 small's four layer projections at M = batch rows, each shape as one graph of 12 calls over the 12
 layers' own weights (distinct tensors, so L2 holds none of them between calls), replayed; cuBLAS as the model calls
 it (addmm on the [in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and
@@ -116,7 +118,7 @@ def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[i
         setattr(session.lean, flag, value)
     out = {}
     for s in s_values:
-        session.reset(ids)  # capture() runs 3 + s steps: room for them after the prompt
+        session.reset(ids)  # capture() runs loop.CAPTURE_WARMUP steps: n + max(s) leaves room for them
         session.prefill()
         graph = loop.capture(session.step, s)
         times = []
@@ -134,6 +136,26 @@ def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[i
     return out
 
 
+def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9) -> dict[str, float]:
+    """Median ms of lean_graph's whole call as the main job times it (bench.timed_call: input checks, reset,
+    prefill, n - 1 step replays with the deferred stop check, the trim), prefill captured (the default) or eager;
+    the arms alternate call by call, each with its own session, so drift in the machine hits both alike."""
+    ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
+    arms = {"prefill captured": True, "prefill eager": False}
+    sessions, times = {}, {arm: [] for arm in arms}
+    for _ in range(reps + 1):  # the first round warms up (compile, capture)
+        for arm, captured in arms.items():
+            loop.LeanSession.capture_prefill = captured
+            loop._SESSIONS.clear()  # release_sessions() without dropping the other arm's session, kept here
+            loop._SESSIONS.update(sessions.get(arm, {}))
+            elapsed, _ = bench.timed_call("lean_graph", model, ids, n, eos)
+            sessions[arm] = dict(loop._SESSIONS)
+            times[arm].append(elapsed * 1e3)
+    loop.LeanSession.capture_prefill = True
+    release_sessions()
+    return {arm: round(sorted(t[1:])[reps // 2], 2) for arm, t in times.items()}
+
+
 @torch.inference_mode()  # as every generator runs: the skinny matmul has no autograd formula
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -148,6 +170,7 @@ def main() -> None:
     for batch in args.batch:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
         row = {"batch": batch,
+               "ms per lean_graph call, 100 new tokens": generation_ms(model, batch, 100),
                "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, args.steps_per_graph),
                "ms per 96 lean steps, projections through cuBLAS": steps_per_graph(model, batch, 96, [1],
                                                                                   skinny_matmul=False),
