@@ -3,9 +3,9 @@
 Two oracles, the textbook loop (`naive`) and Hugging Face generate() (`hf_generate`); every variant must match
 both, so the naive and hf_generate cases also prove that the oracles agree. Equality is exact, up to the
 rationed near-ties of ties.py. Where the two oracles emit the same tokens (nearly always), the variant is compared
-once, so its steps and near-ties count once against the ration. On CPU, generators that need CUDA are skipped (gpu marker) and so are our
-compiled ones (they would compile for every drawn shape); on a GPU, every generator that compiles draws its
-shape from three fixed ones.
+once, so its steps and near-ties count once against the ration. On CPU, generators that need CUDA are skipped
+(gpu marker) and so are our compiled ones (they would compile for every drawn shape); on a GPU, every generator
+that compiles draws its shape from three fixed ones.
 """
 
 from __future__ import annotations
