@@ -147,8 +147,9 @@ class LeanModel(nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         if parts is None and rows.shape[0] == 1:  # c_attn's own addmm, the bias in: cuBLAS's GEMV
             parts, bias = c_attn(x).view(1, 1, -1), None
-        elif parts is None:  # mm, the kernel adds the bias: at 32 rows cuBLAS picks faster kernels for this
-            # than for c_attn's addmm (b=32 step -10% on an H200, b=1 +7%: perf/RESULTS.md, "The prefill ...")
+        elif parts is None:  # mm, the kernel adds the bias: at 32 rows cuBLAS picks faster kernels for this than
+            # for c_attn's addmm (96 steps 68.4 -> 64.2 ms on an H200); at one row the mm was 7% slower than the
+            # unfused step (perf/RESULTS.md, "The prefill in a CUDA graph, c_attn's bias and the step's position")
             parts = torch.mm(rows, c_attn.weight).view(1, rows.shape[0], -1)
         out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale)  # [B, heads, 1, D]
         return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
