@@ -30,13 +30,16 @@ def test_kernel_matches_the_reductions(device: torch.device, family: str, positi
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("position", [0, 5, 64, 99])
-@pytest.mark.parametrize("splits", [1, 3])  # 1: a cuBLAS output, bias in; 3: skinny.py's fp32 partial sums + bias
+# (1, False): c_attn's output, bias in (one row); (1, True): cuBLAS's mm + the bias (more rows); (3, True): skinny.py's
+# fp32 partial sums + the bias (2-16 rows)
+@pytest.mark.parametrize(("splits", "with_bias"), [(1, False), (1, True), (3, True)])
 def test_qkv_kernel_is_the_projection_the_cache_write_and_the_attention(device: torch.device, splits: int,
-                                                                        position: int, dtype: torch.dtype) -> None:
+                                                                        with_bias: bool, position: int,
+                                                                        dtype: torch.dtype) -> None:
     torch.manual_seed(position)
     b, heads, d, length = 3, 4, 16, 100
     parts = torch.randn(splits, b, 3 * heads * d, device=device, dtype=torch.float32 if splits > 1 else dtype)
-    bias = torch.randn(3 * heads * d, device=device, dtype=dtype) if splits > 1 else None
+    bias = torch.randn(3 * heads * d, device=device, dtype=dtype) if with_bias else None
     k_cache, v_cache = (torch.randn(b, heads, length, d, device=device, dtype=dtype) for _ in range(2))
     pos = torch.tensor([position], device=device)
     # lean.py's unfused path: _project (partial sums added, rounded, bias), the cache writes, decode_attention

@@ -144,8 +144,9 @@ def decode_attention_qkv(parts: torch.Tensor, bias: torch.Tensor | None, k_cache
                          v_cache: torch.Tensor, position: torch.Tensor, scale: float) -> torch.Tensor:
     """GPT-2's step attention straight from its c_attn projection, in one kernel instead of four (the qkv sum and
     bias for q, K and V, the two cache writes, the attention): ``parts`` [S, B, 3 * heads * D] holds S partial sums
-    of the projection (skinny.py's, fp32) or S = 1 finished output (the bias already in, ``bias`` None). Writes this
-    step's K and V into the caches [B, heads, L, D] at ``position`` and returns decode_attention's result."""
+    of the projection without its bias (skinny.py's, fp32; or S = 1, cuBLAS's mm in the model's dtype), or S = 1
+    finished output (the bias already in, ``bias`` None). Writes this step's K and V into the caches [B, heads, L, D]
+    at ``position`` and returns decode_attention's result."""
     splits, b, width = parts.shape
     _, heads, _, d = k_cache.shape
     if width != 3 * heads * d or k_cache.shape[0] != b or v_cache.shape != k_cache.shape:

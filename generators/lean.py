@@ -142,7 +142,8 @@ class LeanModel(nn.Module):
     def _attend_qkv(self, c_attn: nn.Module, x: torch.Tensor, positions: torch.Tensor,
                     cache: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
         """_attend(*_project(c_attn, x).chunk(3)) for one GPT-2 decode step, the projection's sum, bias, K/V write
-        and attention in one kernel: skinny.py's partial sums go in as they are, a cuBLAS output as one."""
+        and attention in one kernel: skinny.py's partial sums go in as they are, cuBLAS's mm as one partial sum (the
+        kernel adds the bias), and at one row c_attn's own output, its bias in."""
         parts, bias = self._partials(c_attn, x), c_attn.bias
         rows = x.reshape(-1, x.shape[-1])
         if parts is None and rows.shape[0] == 1:  # c_attn's own addmm, the bias in: cuBLAS's GEMV
