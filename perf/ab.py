@@ -1,19 +1,9 @@
-"""Interleaved A/B timing in one process: the base arm's `generators/` package, imported from a git ref.
+"""The gate's base arm: another commit's generators/, imported beside this tree's and timed in the same process.
 
-``--ab-base=REF`` extracts REF's ``generators/`` (``git archive``) into a temporary folder and imports it as the
-package ``generators_base`` next to this tree's ``generators``; the package uses only relative imports, so the
-two copies share nothing but torch, transformers and the model. ``--ab-base=self`` uses this tree's own package
-for the base arm (an A/A run: one copy, compiled once).
-
-Peak memory per arm. Timing interleaves the arms, so during the timed rounds each arm's static cache and CUDA
-graph stay resident while the other arm runs: a peak taken there is (both arms' resident memory + this arm's
-transient), and the difference between the two arms would only show transient memory, never a bigger cache.
-So each arm's peak is measured after the timed rounds, from a clean slate: free cuBLAS's workspaces, release
-both arms' sessions, empty the cache, reset the peak counter, run one generation of that arm (it allocates its
-cache and re-captures its graph), read the peak above what the process held at its start. That runs twice,
-B C B C, and the second pass is kept (``arm_peaks`` says why). Both arms then start from the same resident
-memory (the weights and both arms' already-compiled code), so the peaks differ by exactly what the arm itself
-allocates.
+REF's generators/ is extracted with `git archive` and imported as the package `generators_base`; the package
+imports itself only relatively, so the two copies share nothing but torch, transformers and the model. Where REF's
+generators/ is exactly this tree's, or REF is `self`, one copy serves both arms. Each arm's peak memory is taken
+after the timed rounds, from a clean slate (`arm_peaks`; docs/gate.md says why).
 """
 
 from __future__ import annotations
@@ -25,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,7 +25,7 @@ import torch
 import generators
 from generators import bench
 
-from . import gate
+from . import store
 
 ROOT = Path(__file__).resolve().parents[1]
 SELF = "self"
@@ -69,10 +58,13 @@ def load_base(ref: str, *, repo: Path = ROOT, name: str = "generators_base") -> 
     resolved = run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", text=True)
     if resolved.returncode != 0:
         hint = ""
-        if re.fullmatch(r"[0-9a-fA-F]{7,40}", ref) and (repo / ".git" / "shallow").exists():
-            hint = " (this is a shallow clone: fetch that commit, or check out with fetch-depth: 0)"
-        raise pytest.UsageError(f"--ab-base={ref}: no such commit in the git repository at {repo}{hint}")
+        if re.fullmatch(r"[0-9a-fA-F]{7,40}", ref):
+            hint = (f": fetch it (`git fetch origin {ref}`, or check out with fetch-depth: 0 in CI), or name another "
+                    f"base with --ab-base=REF")
+        raise pytest.UsageError(f"the base arm's commit {ref} is not in the git repository at {repo}{hint}")
     commit = resolved.stdout.strip()
+    if shares_code(commit, repo):  # one copy: the same code need not be imported, compiled and captured twice
+        return Base(ref, commit, generators)
     tmpdir = Path(tempfile.mkdtemp(prefix="ab-base-"))
     try:
         archive = run("archive", "--format=tar", commit, "generators")
@@ -86,6 +78,14 @@ def load_base(ref: str, *, repo: Path = ROOT, name: str = "generators_base") -> 
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
+
+
+def shares_code(commit: str, repo: Path = ROOT) -> bool:
+    """True if this tree's generators/ is exactly `commit`'s (and this tree is the repository at `repo`)."""
+    if Path(generators.__file__).resolve().parent != (repo / "generators").resolve():
+        return False
+    tree = store.generators_tree(commit, repo)
+    return tree is not None and tree == store.generators_tree("HEAD", repo) and not store.generators_dirty(repo)
 
 
 def import_package(directory: Path, name: str) -> ModuleType:
@@ -149,18 +149,3 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
         peaks.append(bench.peak_memory(device)[0] - held)
     gc.collect()
     return peaks[2], peaks[3]
-
-
-def extend_rounds(verdict: Callable[[], gate.Verdict], one_round: Callable[[], object], rounds: int,
-                  extensions: int) -> int:
-    """While ``verdict()`` (judged on every round so far) is ``gate.undecided``, run ``rounds`` more paired rounds,
-    at most ``extensions`` times; returns how many rounds were added. A second look can raise an alarm the first
-    did not, but a regression still needs the median past the band and the CI past 1, and each later look has
-    more rounds, so an unchanged row's median sits closer to 1 there. Resampling the measured rounds of a whole
-    A/A gate grid gave at most 2% false alarms per row with or without the extension (perf/RESULTS.md)."""
-    added = 0
-    while added < extensions * rounds and gate.undecided(verdict()):
-        for _ in range(rounds):
-            one_round()
-        added += rounds
-    return added

@@ -1,118 +1,207 @@
-"""The perf suite's plumbing: grids, per-GPU baseline storage, machine_info, and the gate verdict.
+"""The perf suite's pytest hooks: options, the gate's set-up (fail-closed), one worker per GPU, the verdict report.
 
-Baselines live in perf/baselines/<gpu-model>/ (pytest-benchmark adds its OS/Python folder below), so a run on
-an A100 never compares against an H100's numbers; a baseline recorded on another card is refused by name.
-With --benchmark-compare, every benchmark is judged by perf/gate.py and the session fails on a regression.
-With --ab-base=REF (the PR gate), every benchmark is instead judged on both arms timed in this one process
-(perf/ab.py, perf/gate.py); if both options are given, the A/B verdict is the gate.
+`python -m pytest perf --benchmark-compare` is the gate: every benchmark is timed in paired rounds against a base
+arm, the commit the stored baseline for this card was recorded at (or `--ab-base=REF`), and judged by perf/gate.py.
+`-n auto` (pytest-xdist) runs one worker per visible GPU; their rows come back here for one report.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import torch
 
-from generators import GENERATORS, Generator, bench, models
+from generators import GENERATORS, bench, models
 
-from . import ab, gate
+from . import ab, gate, report, store
+from .grids import GRIDS
 
-BASELINES = Path(__file__).parent / "baselines"
-RECORD = "python -m pytest perf/test_perf.py --benchmark-save=baseline --benchmark-save-data"
+GATE = pytest.StashKey["Gate"]()
+ROWS = pytest.StashKey[list]()  # benchmark dicts sent back by xdist workers
+DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default: redirected to perf/baselines/<card>
 
-_CUDA_POINTS = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
-_FASTEST = ["cuda_graph", "cuda_graph_deferred", "lean_graph", "hf_generate_static"]
-GRIDS = {
-    # (variant, batch, new_tokens, dtype); naive first at every point (the speedup column needs it).
-    "full": [(v, b, n, "float32") for b, n in _CUDA_POINTS for v in GENERATORS]
-    + [(v, 32, 100, "bfloat16") for v in ["naive", *_FASTEST]],
-    "gate": [(v, b, n, "float32") for b, n in [(32, 100), (1, 100)] for v in GENERATORS],
-    "smoke": [(v, b, n, "float32") for b, n in [(2, 8), (4, 16)]
-              for v, g in GENERATORS.items() if not g.requires_cuda and g.execution == "eager"],
-}
-_INJECTED: dict[str, float] = {}
-AB_BASE = pytest.StashKey[ab.Base]()
+
+@dataclass
+class Gate:
+    """What a perf run was asked to do, settled before any test runs."""
+
+    compare: bool  # --benchmark-compare: judge every row against the base arm
+    recording: bool  # --benchmark-save: write a baseline
+    card: str  # the GPU's name ("cpu" without CUDA)
+    storage: Path  # perf/baselines/<card>/<OS-Python>, or the --benchmark-storage given
+    injected: dict[str, float] = field(default_factory=dict)
+    base: ab.Base | None = None
+    baseline: store.Baseline | None = None
+    bands: dict[str, float] = field(default_factory=dict)
+    rounds: int = gate.MAX_ROUNDS
+    generators_tree: str | None = None  # recorded with a baseline
+    report: str = ""  # the gate's markdown report, once judged
+    started: float = field(default_factory=time.perf_counter)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("decode-gate perf")
-    group.addoption("--perf-grid", choices=sorted(GRIDS), help="full (GPU default), gate (2 points), smoke (CPU)")
-    group.addoption("--gate-report", help="write the gate's markdown verdict table to this file")
+    group.addoption("--perf-grid", choices=sorted(GRIDS),
+                    help="full (GPU default), gate (the default with --benchmark-compare), smoke (CPU default)")
+    group.addoption("--gate-report", metavar="FILE", help="write the gate's markdown report to this file too")
     group.addoption("--expandable-segments", action="store_true",
                     help="run with PYTORCH_ALLOC_CONF=expandable_segments:True (set before CUDA initialises)")
     group.addoption("--inject-slowdown", metavar="VARIANT:SHARE[,...]",
-                    help="TEST ONLY: busy-wait SHARE x each timed generation of VARIANT, to prove the gate fires "
-                         "(with --ab-base: the candidate arm only)")
-    group.addoption("--ab-rounds", type=int, default=15, metavar="N",
-                    help="timed rounds per arm with --ab-base (default 15: with 7, launch-bound rows missed half of "
-                         "the injected 10%% slowdowns on an H200; see perf/RESULTS.md); host-bound loops past "
-                         "100 tokens get 5")
+                    help="TEST ONLY: busy-wait SHARE x each timed generation of VARIANT's candidate arm (0 < SHARE "
+                         "<= 10), to watch the gate fire")
+    group.addoption("--ab-rounds", type=int, default=gate.MAX_ROUNDS, metavar="N",
+                    help=f"the most paired rounds a row gets (default {gate.MAX_ROUNDS}); rows stop as soon as their "
+                         f"CI settles the verdict, after {gate.FIRST_ROUNDS} rounds at the earliest")
     group.addoption("--ab-base", metavar="REF",
-                    help="A/B gate: also time git REF's generators/ in this process, interleaved round by round, "
-                         "and judge every benchmark against it ('self': this tree's own, an A/A run)")
+                    help="with --benchmark-compare: the base arm's git commit (default: the stored baseline's; the "
+                         "PR workflow passes the PR's base); 'self' times this tree against itself (A/A)")
 
 
-def slug(gpu_name: str) -> str:
-    """The baseline folder of a card: "NVIDIA H200" -> "nvidia-h200"."""
-    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+def _usage(message: str) -> pytest.UsageError:
+    return pytest.UsageError(" ".join(message.split()))
 
 
-def gpu_slug() -> str:
-    return slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
+def _parse_injected(spec: str | None) -> dict[str, float]:
+    injected = {}
+    for item in filter(None, (spec or "").split(",")):
+        variant, _, share = item.partition(":")
+        try:
+            value = float(share)
+        except ValueError:
+            value = math.nan
+        if variant not in GENERATORS or not (math.isfinite(value) and 0 < value <= 10):
+            raise _usage(f"--inject-slowdown wants VARIANT:SHARE[,VARIANT:SHARE...] with known variants and a share "
+                         f"in (0, 10], got {item!r}")
+        injected[variant] = value
+    return injected
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not _is_worker(config) and config.getoption("dist", "no") != "no"
+
+
+def _worker_index(config: pytest.Config) -> int:
+    return int(config.workerinput["workerid"].removeprefix("gw")) if _is_worker(config) else 0
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto`: one worker per visible GPU (None: xdist's default, one per CPU)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else None
+
+
+def _own_gpu(config: pytest.Config) -> None:
+    """An xdist worker takes card N and a slice of the cores of its own: both arms of its rows run there."""
+    index, workers = _worker_index(config), int(config.workerinput["workercount"])
+    if torch.cuda.is_available() and config.getoption("--device").startswith("cuda"):
+        if workers > torch.cuda.device_count():
+            raise _usage(f"-n {workers} workers on {torch.cuda.device_count()} GPUs: two workers would share a card. "
+                         f"Use -n auto (one worker per GPU).")
+        torch.cuda.set_device(index)
+        config.option.device = f"cuda:{index}"
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // workers
+    if share >= 1:
+        os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    """Settle the run's mode and everything the gate needs before any test runs: anything missing is a usage error."""
     if config.getoption("--expandable-segments", default=False):
         os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
-    # Key the storage by GPU model before pytest-benchmark opens it (its own key is only OS/Python).
-    if config.getoption("benchmark_storage", default=None) == "file://./.benchmarks":
-        config.option.benchmark_storage = f"file://{BASELINES / gpu_slug()}"
-    for spec in filter(None, (config.getoption("--inject-slowdown", default=None) or "").split(",")):
-        variant, _, share = spec.partition(":")
-        if variant not in GENERATORS or not share:
-            raise pytest.UsageError(f"--inject-slowdown wants VARIANT:SHARE[,VARIANT:SHARE...] with known variants, "
-                                    f"got {spec!r}")
-        _INJECTED[variant] = float(share)
-    if config.getoption("--ab-rounds", default=15) < 3:
-        raise pytest.UsageError("--ab-rounds needs at least 3 timed rounds per arm for a median and a CI")
-    ref = config.getoption("--ab-base", default=None)
-    if ref is not None:
-        config.stash[AB_BASE] = ab.load_base(ref)
+    if not hasattr(config.option, "benchmark_compare"):
+        return  # pytest-benchmark is not loaded (-p no:benchmark)
+    # The gate reads the baseline itself, fail-closed: pytest-benchmark's own comparison falls back to an older
+    # file when the newest is corrupt and compares against nothing when it is empty.
+    pick, config.option.benchmark_compare = config.option.benchmark_compare, []  # [] = not given
+    compare = pick != []
+    recording = bool(config.option.benchmark_save or config.option.benchmark_autosave)
+    if _is_worker(config) or _is_controller(config):
+        # pytest-benchmark warns that it turns itself off under xdist; pytest_sessionstart turns it back on.
+        warnings.filterwarnings("ignore", message="Benchmarks are automatically disabled because xdist")
+    if _is_worker(config):
+        _own_gpu(config)
+    on_cuda = torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
+    card = torch.cuda.get_device_name(torch.device(config.getoption("--device"))) if on_cuda else "cpu"
+    explicit = config.option.benchmark_storage != DEFAULT_STORAGE
+    if not explicit:  # key the storage by card before pytest-benchmark opens it (its own key is only OS/Python)
+        config.option.benchmark_storage = f"file://{store.BASELINES / store.slug(card)}"
+    from pytest_benchmark.utils import get_machine_id
+
+    storage = Path(config.option.benchmark_storage.removeprefix("file://")) / get_machine_id()
+    g = Gate(compare, recording, card, storage, _parse_injected(config.getoption("--inject-slowdown")),
+             rounds=config.getoption("--ab-rounds"))
+    ref = config.getoption("--ab-base")
+    if g.rounds < gate.FLAG_ROUNDS:
+        raise _usage(f"--ab-rounds={g.rounds}: a regression is called on >= {gate.FLAG_ROUNDS} paired rounds, so a "
+                     f"row needs at least that many")
+    if ref is not None and not compare:
+        raise _usage(f"--ab-base={ref} names the base arm of the gate: add --benchmark-compare")
+    if (compare or recording) and not on_cuda and not explicit:
+        raise _usage("the stored baselines in perf/baselines/ are GPU timings: comparing with them or recording one "
+                     "needs CUDA (this machine has none). The CPU test run needs neither.")
+    if recording and (compare or g.injected):
+        raise _usage("a baseline is recorded alone: drop --benchmark-compare and --inject-slowdown")
+    try:
+        if recording:
+            g.generators_tree = store.check_recordable()
+        if compare:
+            _set_up_gate(g, pick, ref)
+    except store.GateError as e:
+        raise _usage(str(e)) from None
+    config.stash[GATE] = g
+    config.stash[ROWS] = []
+
+
+def _set_up_gate(g: Gate, pick: str | bool, ref: str | None) -> None:
+    g.baseline = store.latest(g.storage, g.card, pick)
+    g.bands = store.load_bands(g.storage.parent / store.BANDS)
+    g.base = ab.load_base(ref or g.baseline.commit)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    base = config.stash.get(AB_BASE, None)
-    if base is not None:
-        ab.close(base)
-        del config.stash[AB_BASE]
+    g = config.stash.get(GATE, None)
+    if g is not None and g.base is not None:
+        ab.close(g.base)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A gate or recording run times the grid and nothing else: the unit tests belong to the test command."""
+    g = config.stash.get(GATE, None)
+    if g is None or not (g.compare or g.recording):
+        return
+    timed = [item for item in items if getattr(item, "originalname", None) == "test_generate"]
+    if len(timed) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in timed])
+        items[:] = timed
 
 
 @pytest.fixture(scope="session")
-def ab_base(pytestconfig: pytest.Config) -> ab.Base | None:
-    """The base arm of the A/B gate (--ab-base), or None: judge against a stored baseline."""
-    return pytestconfig.stash.get(AB_BASE, None)
+def perf_gate(pytestconfig: pytest.Config) -> Gate:
+    return pytestconfig.stash[GATE]
 
 
 def grid_for(config: pytest.Config) -> str:
-    return config.getoption("--perf-grid") or ("full" if torch.cuda.is_available() else "smoke")
-
-
-def benchmark_class(gen: Generator) -> str:
-    """CUDA-graph loops are judged on absolute time; launch-bound ones, on a stored baseline, relative to the host
-    probe (the A/B mode uses no probe)."""
-    return gate.DEVICE if gen.execution == "cuda_graph" else gate.HOST
-
-
-def inject_delay(benchmark: object, variant: str) -> float:
-    share = _INJECTED.get(variant, 0.0)
-    if share:
-        benchmark.extra_info["injected_slowdown"] = share
-    return share
+    if config.getoption("--perf-grid"):
+        return config.getoption("--perf-grid")
+    g = config.stash.get(GATE, None)
+    if g is not None and g.compare:
+        return "gate"
+    on_cuda = torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
+    return "full" if on_cuda else "smoke"
 
 
 @pytest.fixture(scope="session")
@@ -130,128 +219,79 @@ def models_by_dtype(device: torch.device):
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    g = config.stash[GATE]
     device = torch.device(config.getoption("--device"))
-    machine_info["decode_gate"] = bench.machine_info(device) | {"grid": grid_for(config)}
+    machine_info["decode_gate"] = bench.machine_info(device) | {"grid": grid_for(config),
+                                                                "generators_tree": g.generators_tree}
 
 
-def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark) -> None:
-    ours = machine_info.get("decode_gate", {}).get("gpu", "cpu")
-    theirs = compared_benchmark["machine_info"].get("decode_gate", {"gpu": "unknown card"}).get("gpu", "cpu")
-    if ours != theirs:
-        raise pytest.UsageError(f"refusing to compare: this run is on {ours!r}, the baseline was recorded on "
-                                f"{theirs!r}. Record a baseline for this card with: {RECORD}")
-
-
-def _session(benchmarks: list[dict]) -> tuple[dict[str, dict], float | None]:
-    by_name = {b["name"]: b for b in benchmarks}
-    probe = next((b for b in benchmarks if b["extra_info"].get("class") == "probe"), None)
-    return by_name, None if probe is None else probe["stats"]["median"]
-
-
-def point_id(variant: str, batch: int, new_tokens: int, dtype: str) -> str:
-    """test_generate's parameter id: its benchmark is named test_generate[<id>]."""
-    return f"{variant}-b{batch}-n{new_tokens}-{dtype}"
-
-
-def grid_names(grid: str) -> set[str]:
-    return {f"test_generate[{point_id(*point)}]" for point in GRIDS[grid]}
-
-
-def _verdicts(current: list[dict], baseline: list[dict], bands: dict[str, float],
-              grid: set[str] | None = None) -> list[gate.Verdict]:
-    """Stored-baseline verdicts. A baseline row this session lacks is MISSING only if `grid` (this session's
-    grid) has it: a gate-grid run against a full-grid baseline should not list the 70 rows it never meant to run."""
-    cur, cur_probe = _session(current)
-    base, base_probe = _session(baseline)
-    verdicts = []
-    for name in [*cur, *(n for n in base if n not in cur and (grid is None or n in grid))]:
-        c, b = cur.get(name), base.get(name)
-        klass = (c or b)["extra_info"].get("class")
-        if klass == "probe":
-            continue
-        if b is not None and "data" not in b["stats"]:
-            raise pytest.UsageError(f"the baseline has no raw samples for {name}; record it with: {RECORD}")
-        verdicts.append(gate.judge(
-            name, b and b["stats"]["data"], c and c["stats"]["data"], klass=klass,
-            base_probe=base_probe, cur_probe=cur_probe, band=bands.get(name),
-            base_mem=b and b["extra_info"].get("peak_allocated"), cur_mem=c and c["extra_info"].get("peak_allocated"),
-        ))
-    return verdicts
-
-
-def _ab_verdicts(current: list[dict], bands: dict[str, float]) -> list[gate.Verdict]:
-    verdicts = []
-    for b in current:
-        info = b["extra_info"]
-        if info.get("class") not in gate.CLASSES or "ab_candidate_s" not in info:
-            continue  # the host probe (stored-baseline mode only)
-        verdicts.append(gate.judge(
-            b["name"], info.get("ab_base_s"), info["ab_candidate_s"], klass=info["class"], band=bands.get(b["name"]),
-            base_mem=info.get("ab_base_peak_above_held"), cur_mem=info.get("peak_above_held"), paired=True,
-        ))
-    return verdicts
-
-
-def _finish(session: pytest.Session, report: str, verdicts: list[gate.Verdict]) -> None:
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line("\n" + report)
-    if session.config.getoption("--gate-report"):
-        Path(session.config.getoption("--gate-report")).write_text(report)
-    if gate.gate_failed(verdicts):
-        reporter.write_line("GATE FAILED: see the regressed rows above.", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def ab_bands(config: pytest.Config) -> tuple[Path, dict[str, float]]:
-    """bands_ab.json beside the baselines (perf/baselines/<gpu-model>/) and its bands ({} if absent)."""
-    bands_file = Path(config._benchmarksession.storage.path) / "bands_ab.json"
-    return bands_file, json.loads(bands_file.read_text()) if bands_file.exists() else {}
-
-
-def _ab_gate(session: pytest.Session, bs: object, base: ab.Base) -> None:
-    bands_file, bands = ab_bands(session.config)
-    verdicts = _ab_verdicts([b.as_dict(include_data=False) for b in bs.benchmarks], bands)
-    commit = "" if base.commit == ab.SELF else f" ({base.commit[:12]})"
-    header = (f"### Perf gate: A/B in one process, this tree vs {base.ref}{commit}\n\n"
-              f"Both arms timed interleaved, round by round; each row is judged on its own pair. Noise bands: "
-              f"{'per benchmark from ' + bands_file.name + ', else ' if bands else ''}the A/B defaults "
-              f"(±{gate.DEFAULT_BAND_AB[gate.DEVICE]:.1%} CUDA-graph loops, ±{gate.DEFAULT_BAND_AB[gate.HOST]:.1%} "
-              f"the others); memory: peak allocated up > {gate.MEMORY_SHARE:.0%} and > "
-              f"{gate.MEMORY_MIN_BYTES >> 20} MiB is a regression. A row still within noise whose 95% CI reached "
-              f"past a band edge got up to {gate.AB_EXTENSIONS} more batches of rounds (the rounds column).\n")
-    if bs.compare:
-        header += ("\n--benchmark-compare was given too: the stored-baseline comparison is NOT the gate here, "
-                   "this A/B verdict is.\n")
-    _finish(session, f"{header}\n{gate.format_table(verdicts)}", verdicts)
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is not None and _is_worker(session.config):
+        # pytest-benchmark turns itself off under xdist; here each worker owns a GPU, so its timings stand. The
+        # controller saves and reports what the workers send back.
+        bs.disabled = False
+        bs.save = bs.autosave = bs.json = None
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    bs = getattr(session.config, "_benchmarksession", None)
-    if bs is None or not bs.benchmarks:
+    """A worker sends its rows to the controller; the controller (or the only process) saves them and judges."""
+    config = session.config
+    g = config.stash.get(GATE, None)
+    bs = getattr(config, "_benchmarksession", None)
+    if g is None or bs is None:
         return
-    base = session.config.stash.get(AB_BASE, None)
-    if base is not None:
-        _ab_gate(session, bs, base)
+    if _is_worker(config):
+        config.workeroutput["decode_gate_rows"] = json.dumps([b.as_dict(include_data=True) for b in bs.benchmarks],
+                                                             default=str)
         return
-    if not bs.compare:
+    if _is_controller(config):
+        rows = config.stash[ROWS]
+        _save_merged(config, bs, rows)
+    else:
+        rows = [b.as_dict(include_data=True) for b in bs.benchmarks]
+    if g.compare:
+        ok, g.report = report.gate_report(g, rows, grid_for(config), workers=_workers(config),
+                                          wall_s=time.perf_counter() - g.started)
+        if config.getoption("--gate-report"):
+            Path(config.getoption("--gate-report")).write_text(g.report)
+        if not ok:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    g = config.stash.get(GATE, None)
+    if g is not None and g.report:  # last, below pytest-benchmark's table
+        terminalreporter.write_line("\n" + g.report, red="GATE FAILED" in g.report)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    rows = getattr(node, "workeroutput", {}).get("decode_gate_rows")
+    if rows:
+        node.config.stash[ROWS].extend(json.loads(rows))
+
+
+def _workers(config: pytest.Config) -> int:
+    return int(config.getoption("numprocesses", 0) or 0) if _is_controller(config) else 1
+
+
+def _save_merged(config: pytest.Config, bs, rows: list[dict]) -> None:
+    """What pytest-benchmark saves in one process (--benchmark-save, --benchmark-json), from the workers' rows."""
+    save = config.getoption("benchmark_save") or config.getoption("benchmark_autosave")
+    if not rows or not (save or config.getoption("benchmark_json")):
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if not bs.compared_mapping:
-        reporter.write_line(f"\nGATE: no baseline for this card in {bs.storage.path}. Record one on this "
-                            f"GPU with:\n    {RECORD}", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        return
-    path = sorted(bs.compared_mapping)[-1]  # with --benchmark-compare: the latest saved run
-    baseline = list(bs.compared_mapping[path].values())
-    current = [b.as_dict(include_data=True) for b in bs.benchmarks]
-    bands_file = Path(bs.storage.path) / "bands.json"  # beside the OS/Python folders
-    bands = json.loads(bands_file.read_text()) if bands_file.exists() else {}
-    verdicts = _verdicts(current, baseline, bands, grid_names(grid_for(session.config)))
-    header = (f"### Perf gate vs {Path(path).name}\n\n"
-              f"Noise bands (per benchmark from {bands_file.name} where stored, else the defaults): CUDA-graph loops "
-              f"±{gate.DEFAULT_BAND[gate.DEVICE]:.0%}, host-bound loops' times not gated on a stored baseline "
-              f"(too noisy between processes: default ±{gate.DEFAULT_BAND[gate.HOST]:.0%}, above the "
-              f"±{gate.BAND_CAP:.0%} cap) "
-              f"— use `--ab-base=REF` for the PR gate.\n")
-    _finish(session, f"{header}\n{gate.format_table(verdicts)}\n", verdicts)
+    import pytest_benchmark
+
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output = {"machine_info": bs.get_machine_info(), "commit_info": commit_info, "benchmarks": rows,
+              "datetime": datetime.now(UTC).isoformat(), "version": pytest_benchmark.__version__}
+    if save:
+        bs.storage.save(output, save)
+    if config.getoption("benchmark_json"):
+        with config.getoption("benchmark_json") as fh:
+            fh.write(json.dumps(output, indent=4).encode())

@@ -1,10 +1,8 @@
-"""The A/B gate's plumbing on CPU: the base arm from a git ref, the A/B verdicts, and a real A/B perf session."""
+"""The gate's base arm on CPU: imported from a git ref, sharing the package where the code is the same."""
 
 from __future__ import annotations
 
 import ast
-import json
-import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +14,7 @@ import torch
 import generators
 from generators import bench, models
 
-from . import ab, gate
-from .conftest import _ab_verdicts
+from . import ab
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git not on PATH")
@@ -59,7 +56,8 @@ def test_base_arm_is_the_refs_package_under_another_name(repo: Path) -> None:
 
 
 @needs_git
-@pytest.mark.parametrize("ref, message", [("nosuchref", "no such commit"), ("HEAD~5", "no such commit")])
+@pytest.mark.parametrize("ref, message", [("nosuchref", "is not in the git repository"),
+                                          ("0123456789abcdef0123", "fetch it")])
 def test_a_missing_ref_is_a_usage_error(repo: Path, ref: str, message: str) -> None:
     with pytest.raises(pytest.UsageError, match=message):
         ab.load_base(ref, repo=repo)
@@ -87,7 +85,8 @@ def test_self_is_this_trees_own_package() -> None:
 
 @needs_git
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
-def test_head_of_this_repository_runs_as_the_base_arm() -> None:
+def test_head_of_this_repository_runs_as_the_base_arm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ab, "shares_code", lambda commit, repo: False)  # a second copy, as for a changed tree
     base = ab.load_base("HEAD", name="generators_base_head")
     try:
         assert base.package is not generators and base.has("naive")
@@ -113,77 +112,20 @@ def test_generators_import_themselves_only_relatively() -> None:
     assert not offenders, f"absolute imports of generators in {offenders}; use relative ones"
 
 
-# --- the session's A/B verdicts --------------------------------------------------------------------------
+@needs_git
+def test_a_commit_with_this_trees_generators_shares_this_package() -> None:
+    if ab.store.generators_dirty():
+        pytest.skip("generators/ differs from HEAD here: nothing to share")
+    base = ab.load_base("HEAD")
+    try:
+        assert base.package is generators and base.tmpdir is None and len(base.commit) == 40
+    finally:
+        ab.close(base)
 
 
-def row(name: str, base: list[float] | None, cur: list[float], klass: str = gate.HOST, **info) -> dict:
-    extra = {"class": klass, "ab_candidate_s": cur, **info}
-    if base is not None:
-        extra["ab_base_s"] = base
-    return {"name": name, "extra_info": extra}
-
-
-def test_ab_verdicts_of_a_session() -> None:
-    quiet = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01]
-    rows = [
-        {"name": "probe", "extra_info": {"class": "probe"}},
-        row("same", quiet, quiet[::-1]),
-        row("slow", quiet, [t * 1.10 for t in quiet], gate.DEVICE),
-        row("added", None, quiet),
-        row("fat", quiet, quiet, gate.DEVICE, ab_base_peak_above_held=2 << 30, peak_above_held=int(2.2 * (1 << 30))),
-    ]
-    verdicts = {v.name: v for v in _ab_verdicts(rows, {"same": 0.03})}
-    assert list(verdicts) == ["same", "slow", "added", "fat"]
-    assert (verdicts["same"].status, verdicts["same"].band, verdicts["same"].band_source) == (
-        gate.WITHIN_NOISE, 0.03, "stored")
-    assert verdicts["slow"].status == gate.REGRESSED and verdicts["slow"].band == gate.DEFAULT_BAND_AB[gate.DEVICE]
-    assert verdicts["added"].status == gate.NEW
-    assert (verdicts["fat"].status, verdicts["fat"].memory_status) == (gate.WITHIN_NOISE, gate.MEMORY_REGRESSED)
-    assert gate.gate_failed(verdicts.values())
-
-
-# --- a real A/B session on CPU (pytest in a subprocess) ------------------------------------------------------
-
-
-def test_ab_smoke_session_flags_the_injected_slowdown_only(tmp_path: Path) -> None:
-    report = tmp_path / "gate.md"
-    cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--ab-base=self", "--perf-grid=smoke", "--device=cpu",
-           "-k", "b4-n16 and (naive or kv_static)", "--inject-slowdown=naive:0.5", f"--gate-report={report}",
-           f"--benchmark-json={tmp_path / 'ab.json'}", "-p", "no:cacheprovider", "-q"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    out = result.stdout + result.stderr
-    assert result.returncode == pytest.ExitCode.TESTS_FAILED, out
-    assert "GATE FAILED" in out and "A/B in one process, this tree vs self" in out
-    text = report.read_text()
-    verdicts = dict(re.findall(r"^\| test_generate\[(\S+)-b4-n16-float32\] \| ([^|]+?) \|", text, flags=re.M))
-    assert verdicts.keys() == {"naive", "kv_static"}, text
-    assert verdicts["naive"] == gate.REGRESSED, text
-    # The untouched row is judged too; its verdict is not asserted: an A/A on a shared 2-core CI machine is not
-    # the GPU's noise, and the null case is proven on synthetic pairs (test_gate.py) and by A/A runs on the GPU.
-    assert verdicts["kv_static"] in {gate.WITHIN_NOISE, gate.IMPROVED, gate.REGRESSED}, text
-    # Effect, CI and band are printed with the verdict (the effect's size is noisy on a shared CPU).
-    effect = r"\+\d+\.\d%"
-    row = rf"naive-b4-n16-float32\] \| regressed \| {effect} \| {effect} \.\. {effect} \| ±5\.0%"
-    assert re.search(row, text), text
-    # Every round the verdict judged is in the JSON, an undecided row's extra rounds included, and the table says how
-    # many there were.
-    for b in json.loads((tmp_path / "ab.json").read_text())["benchmarks"]:
-        info = b["extra_info"]
-        rounds = 15 + info["ab_extra_rounds"]
-        assert len(info["ab_base_s"]) == len(info["ab_candidate_s"]) == rounds, info
-        assert re.search(rf"^\| {re.escape(b['name'])} \|.* \| {rounds} \|$", text, flags=re.M), text
-
-
-@pytest.mark.parametrize(("option", "message"), [
-    ("--ab-rounds=2", "at least 3 timed rounds"),
-    ("--inject-slowdown=naive:0.1,nope:0.1", "known variants, got 'nope:0.1'"),
-])
-def test_bad_gate_options_are_usage_errors(option: str, message: str) -> None:
-    cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--ab-base=self", "--device=cpu", option,
-           "--collect-only", "-q", "-p", "no:cacheprovider"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert message in result.stderr, result.stderr
+@needs_git
+def test_a_commit_with_other_generators_gets_its_own_copy(repo: Path) -> None:
+    assert not ab.shares_code(git(repo, "rev-parse", "HEAD"), repo)  # another repository's tree, never shared
 
 
 def test_arm_peaks_keep_the_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:

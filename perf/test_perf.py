@@ -1,22 +1,9 @@
-"""GPU timings of every generator over the post's grid (a tiny smoke grid on CPU), with pytest-benchmark.
+"""Timings of every generator over the post's grid (a tiny smoke grid on CPU), with pytest-benchmark.
 
-Compilation and graph capture happen in warm-up rounds, never in a timing; each timed round brackets one
-generation with device synchronisation. The gate (perf/conftest.py) judges these against the stored baseline,
-or, with --ab-base=REF, against REF's generators timed in this same process:
-
-A/B rounds. pytest-benchmark's `setup=` runs one timed base-arm generation before every round (warm-up rounds
-included, so both arms warm up), and the round itself times the candidate: the order is B C B C ... B C, each
-arm's every timed generation immediately preceded by one generation of the other arm, so both see the same
-state (clocks, caches, allocator). Swapping the order every other round (B C C B ...) would break that
-symmetry for nothing: the one thing a fixed order favours is slow drift across ~one generation, which the A/A
-calibration (the same arrangement) measures as noise. 15 rounds per arm by default (--ab-rounds; 5 without
---ab-base; host-bound loops past 100 tokens get 5 with --ab-base, 3 without; with 3, an A/A run called a row
-"improved" by 6.9%). A row those rounds leave undecided (gate.undecided) gets up to gate.AB_EXTENSIONS more
-batches of as many rounds: on a busy H200 host, 15 rounds let two injected 10% slowdowns of host-bound rows pass
-as "within noise" (+8.2%, +10.8%, CIs reaching below 1; perf/RESULTS.md). The PR gate grid runs 2 x 18
-generations per benchmark (1 warm-up + 15 timed + 2 memory on CUDA, per arm), more for undecided rows: on an H200
-the whole gate grid against a second copy of the commit took 9 min 28 s with 8 of 26 rows extended, unit tests
-and compilation included (perf/RESULTS.md).
+Compilation and graph capture happen in a warm-up round, never in a timing; each timed round brackets one generation
+with device synchronisation. Under the gate (--benchmark-compare) every round is a pair, the base arm's generation
+then this tree's, B C B C ..., so each arm's generation follows one of the other's; rounds stop as soon as the row's
+verdict is settled (perf/gate.py). Without it, the rows are timed alone: a baseline recording.
 """
 
 from __future__ import annotations
@@ -29,11 +16,14 @@ import torch
 from generators import GENERATORS, bench
 
 from . import ab, gate
-from .conftest import GRIDS, ab_bands, benchmark_class, grid_for, inject_delay, point_id
+from .conftest import Gate, grid_for
+from .grids import GRIDS, point_id
+from .record import Row
 
-ROUNDS = 5  # timed rounds per benchmark against a stored baseline
+RECORD_ROUNDS = 5  # timed rounds per row of a baseline: the runner check compares their median
+LONG_HOST_ROUNDS = 3  # host-bound loops past 100 tokens take 1-7 s a generation on an H200
 
-# Naive medians of this session, for the speedup column: naive is parametrized first at every point.
+# Naive medians of this run, for the speedup column: naive is parametrized first at every point.
 _NAIVE_MEDIAN: dict[tuple, float] = {}
 
 
@@ -44,100 +34,76 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=[point_id(*point) for point in points])
 
 
-def test_probe_host(benchmark, device: torch.device, ab_base: ab.Base | None) -> None:
-    """The host probe: a fixed launch-bound workload PRs never change (see perf/gate.py).
-
-    400 tiny kernels per round, like an eager decode loop's launches, so a slow or fast process shows here too.
-    Only the stored-baseline mode uses it (and the data refuted it there); the A/B mode needs none.
-    """
-    if ab_base is not None:
-        pytest.skip("--ab-base: both arms run in this process, no probe needed")
-    x = torch.ones(64, device=device)
-
-    def probe() -> None:
-        y = x
-        for _ in range(200):
-            y = y * 1.0001 + 0.5
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    benchmark.extra_info["class"] = "probe"
-    benchmark.pedantic(probe, rounds=20, warmup_rounds=3, iterations=1)
+def klass_of(variant: str) -> str:
+    """CUDA-graph loops are bound by the GPU, the others by the host's launches: their bands differ."""
+    return gate.DEVICE if GENERATORS[variant].execution == "cuda_graph" else gate.HOST
 
 
 def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str, batch: int, new_tokens: int,
-                  dtype: str, ab_base: ab.Base | None, pytestconfig: pytest.Config) -> None:
-    gen = GENERATORS[variant]
+                  dtype: str, perf_gate: Gate) -> None:
     model = models_by_dtype(dtype)
     input_ids = bench.post_prompt(model, batch, device)
     eos = bench.eos_of(model)
-    delay = inject_delay(benchmark, variant)  # the candidate arm only
-    out, cur_times = [], []
+    row = Row(variant, batch, new_tokens, dtype, klass_of(variant),
+              injected_slowdown=perf_gate.injected.get(variant, 0.0))
+    out = []
 
-    def one_generation() -> None:
+    def candidate() -> None:
         elapsed, tokens = bench.timed_call(variant, model, input_ids, new_tokens, eos)
-        if delay:  # test-only slowdown for proving the gate (--inject-slowdown); never in generators/
-            # Spin, don't sleep: a sleeping CPU drops its clock or idles, so the next generation (always the base
-            # arm's, B C B C) runs slower and the measured effect falls short of the injected share. Spinning
-            # keeps the host busy the way slower host code would.
+        if row.injected_slowdown:  # test-only (--inject-slowdown); never in generators/
+            # Spin, don't sleep: a sleeping CPU drops its clock, so the next generation (the base arm's) would run
+            # slower too and the measured effect fall short of the injected share.
             start = time.perf_counter()
-            end = start + delay * elapsed
-            while time.perf_counter() < end:
+            while time.perf_counter() < start + row.injected_slowdown * elapsed:
                 pass
             elapsed += time.perf_counter() - start
-        cur_times.append(elapsed)
+        row.candidate_s.append(elapsed)
         out[:] = [tokens]
 
-    # Host-bound loops past 100 tokens take 1-7 s a generation on an H200; fewer rounds there keep the full grid
-    # within 10 minutes. Their stored-baseline times are not gated anyway (perf/gate.py: too noisy between processes).
-    klass = benchmark_class(gen)
-    long_host = klass == gate.HOST and new_tokens > 100
-    info = benchmark.extra_info
-    paired = ab_base is not None and ab_base.has(variant)
-    if paired:
-        ab_rounds = pytestconfig.getoption("--ab-rounds")
-        rounds, warmup, base_times = (5 if long_host else ab_rounds), 1, []
+    base = perf_gate.base
+    if base is not None and base.has(variant):
+        row.base_ref, row.base_commit, row.base_s = base.ref, base.commit, []
 
-        def base_generation() -> None:  # pedantic's setup: before every round, the warm-up rounds included
-            elapsed, _ = bench.timed_call(variant, model, input_ids, new_tokens, eos,
-                                          registry=ab_base.package.GENERATORS)
-            base_times.append(elapsed)
+        base_out = []
 
-        ab.release(ab_base, device)
-        benchmark.pedantic(one_generation, setup=base_generation, rounds=rounds, warmup_rounds=warmup, iterations=1)
-        # A row the rounds could not settle gets more of them, timed the same way, B C (gate.undecided says when).
-        # They are the verdict's samples (extra_info), not pytest-benchmark's: its stats keep the first `rounds`.
-        band = ab_bands(pytestconfig)[1].get(benchmark.name)
-        info["ab_extra_rounds"] = ab.extend_rounds(
-            lambda: gate.judge(benchmark.name, base_times[warmup:], cur_times[warmup:], klass=klass,
-                               band=band, paired=True),
-            lambda: (base_generation(), one_generation()), rounds, gate.AB_EXTENSIONS)
-        info["ab_base_s"] = base_times[warmup:]
-    else:  # no --ab-base, or the variant is new (absent from the base arm): the candidate alone
-        if ab_base is not None:
-            ab.release(ab_base, device)
+        def base_arm() -> None:  # pedantic's setup: before every round, the warm-up round included
+            elapsed, tokens = bench.timed_call(variant, model, input_ids, new_tokens, eos,
+                                               registry=base.package.GENERATORS)
+            row.base_s.append(elapsed)
+            base_out[:] = [tokens]
+
+        ab.release(base, device)
+        benchmark.pedantic(candidate, setup=base_arm, rounds=gate.FIRST_ROUNDS, warmup_rounds=1, iterations=1)
+        del row.base_s[0], row.candidate_s[0]  # the warm-up round: compilation and capture
+        judged = lambda: gate.judge(benchmark.name, row.base_s, row.candidate_s, klass=row.klass,  # noqa: E731
+                                    band=perf_gate.bands.get(benchmark.name))
+        gate.sequential_rounds(judged, lambda: (base_arm(), candidate()), len(row.candidate_s), perf_gate.rounds)
+        for t in row.candidate_s[gate.FIRST_ROUNDS:]:  # pytest-benchmark's stats hold every round too
+            benchmark.stats.stats.update(t)
+        row.same_tokens_as_base = torch.equal(base_out[0], out[0])
+    else:  # a recording, or a variant the base arm lacks (judged "new")
+        if base is not None:
+            ab.release(base, device)
         else:
             bench.fresh_memory(device)
-        rounds, warmup = (3 if long_host else ROUNDS), 1
-        benchmark.pedantic(one_generation, rounds=rounds, warmup_rounds=warmup, iterations=1)
-    if ab_base is not None:  # the A/B verdict's candidate samples, timed exactly like the base arm's
-        info.update(ab_base=ab_base.ref, ab_base_commit=ab_base.commit,
-                    ab_candidate_s=cur_times[warmup:])
+        long_host = row.klass == gate.HOST and new_tokens > 100
+        benchmark.pedantic(candidate, rounds=LONG_HOST_ROUNDS if long_host else RECORD_ROUNDS, warmup_rounds=1,
+                           iterations=1)
+        del row.candidate_s[0]
 
-    steps = out[0].shape[1] - input_ids.shape[1]
+    row.steps = out[0].shape[1] - input_ids.shape[1]
     median = benchmark.stats.stats.median
-    key = (batch, new_tokens, dtype)
     if variant == "naive":
-        _NAIVE_MEDIAN[key] = median
-    info.update(variant=variant, batch=batch, new_tokens=new_tokens, dtype=dtype, steps=steps,
-                tokens_per_s=batch * steps / median, speedup_vs_naive=_NAIVE_MEDIAN.get(key, float("nan")) / median)
-    info["class"] = klass
+        _NAIVE_MEDIAN[batch, new_tokens, dtype] = median
+    row.tokens_per_s = batch * row.steps / median
+    row.speedup_vs_naive = _NAIVE_MEDIAN.get((batch, new_tokens, dtype), float("nan")) / median
     if device.type == "cuda":
-        if paired:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py says why)
-            base_peak, cur_peak = ab.arm_peaks(ab_base, variant, model, input_ids, new_tokens, eos)
-            info["ab_base_peak_above_held"], info["peak_above_held"] = base_peak, cur_peak
-        # Absolute peaks of the last generation measured (with --ab-base: the candidate's, from a clean slate).
-        info["peak_allocated"], info["peak_reserved"] = bench.peak_memory(device)
-        info["fragmentation"] = bench.fragmentation(info["peak_allocated"], info["peak_reserved"])
+        if row.base_s is not None:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py)
+            row.base_peak, row.candidate_peak = ab.arm_peaks(base, variant, model, input_ids, new_tokens, eos)
+        row.peak_allocated, row.peak_reserved = bench.peak_memory(device)
+        row.fragmentation = bench.fragmentation(row.peak_allocated, row.peak_reserved)
     # After the peaks: the first call measures the card's copy bandwidth with 1 GiB of buffers.
-    info.update(bench.roofline_info(model, batch, input_ids.shape[1], steps, median, device))
+    roof = bench.roofline_info(model, batch, input_ids.shape[1], row.steps, median, device)
+    row.bytes_per_step, row.floor_ms = roof["bytes_per_step"], roof["floor_ms"]
+    row.bandwidth_utilisation, row.copy_GBps = roof["bandwidth_utilisation"], roof["copy_GBps"]
+    benchmark.extra_info.update(row.info())

@@ -1,0 +1,127 @@
+"""Real code changes, each A/B'd against the commit it patches: the gate's power on changes a pull request could make.
+
+    python -m perf.changes --out DIR [--only NAME ...] [--rows ROW ...]   # on a GPU runner, from a clean checkout
+
+Each change is a patch in perf/changes/. It is applied to a temporary worktree of HEAD, and the gate runs there with
+--ab-base=HEAD on a panel of rows that the change touches and rows it does not. The table says, per row, whether the
+verdict is the one the change should get: flagged where it slows a row past the bar (3% in a CUDA-graph loop, 8% in
+the others) or grows its peak memory past 5%, and no alarm where it touches nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import gate
+from .grids import point_id
+
+ROOT = Path(__file__).resolve().parents[1]
+PATCHES = Path(__file__).parent / "changes"
+BAR = {gate.DEVICE: 0.03, gate.HOST: 0.08}  # the smallest slowdown the gate must flag, per class
+PANEL = [point_id(v, b, 100, "float32") for b in (32, 1)
+         for v in ("cuda_graph", "cuda_graph_deferred", "lean_graph", "lean_eager", "static_compiled")]
+_STATIC_HF = frozenset({"kv_static", "static_compiled", "pipelined", "static_compiled_no_eos", "cuda_graph",
+                        "cuda_graph_deferred", "cuda_graph_every_8"})
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str  # perf/changes/<name>.patch
+    what: str
+    touches: frozenset[str]  # the variants whose code it changes
+
+
+CHANGES = [
+    Change("host_wait_per_step", "a host wait for every step in the deferred stop check (the post's own regression)",
+           frozenset({"cuda_graph_deferred", "lean_graph"})),
+    Change("fused_qkv_off", "the lean step's fused q/k/v path switched off", frozenset({"lean_eager", "lean_graph"})),
+    Change("extra_copy_per_step", "a copy of the key cache after every step of the static-cache loop", _STATIC_HF),
+    Change("cache_twice_as_long", "the static cache allocated for twice the positions", _STATIC_HF),
+    Change("docs_only", "a docstring and README edit", frozenset()),
+]
+
+
+def expected(change: Change, variant: str, v: gate.Verdict) -> str:
+    """'flag', 'quiet' or 'either' (a touched row whose effect stayed under the bar)."""
+    if variant not in change.touches:
+        return "quiet"
+    big_time = v.ratio is not None and v.ratio - 1 >= BAR[v.klass]
+    big_memory = v.memory_ratio is not None and v.memory_ratio - 1 >= gate.MEMORY_SHARE
+    return "flag" if big_time or big_memory else "either"
+
+
+def table(results: list[tuple[Change, str, gate.Verdict]]) -> tuple[str, dict]:
+    """Markdown rows and the tally: required flags caught, false alarms among untouched rows."""
+    lines = ["| change | row | touched | effect | 95% CI | memory Δ | verdict | as required |",
+             "|---|---|---|---|---|---|---|---|"]
+    tally = {"flag": 0, "flagged": 0, "quiet": 0, "false_alarms": 0}
+    for change, variant, v in results:
+        need = expected(change, variant, v)
+        ok = {"flag": v.regressed, "quiet": not v.regressed, "either": True}[need]
+        if need == "flag":
+            tally["flag"] += 1
+            tally["flagged"] += v.regressed
+        elif need == "quiet":
+            tally["quiet"] += 1
+            tally["false_alarms"] += v.regressed
+        c = gate.cells(v)
+        lines.append(f"| {change.name} | {v.name.removeprefix('test_generate[').removesuffix(']')} | "
+                     f"{'yes' if variant in change.touches else 'no'} | {c['effect']} | {c['95% CI']} | "
+                     f"{c['memory Δ']} | {c['verdict']} | {'yes' if ok else 'NO'} ({need}) |")
+    return "\n".join(lines) + "\n", tally
+
+
+def run_change(change: Change, rows: list[str], out: Path) -> list[tuple[Change, str, gate.Verdict]]:
+    """Apply the patch to a fresh worktree of HEAD and run the gate there against HEAD."""
+    from .record import Row
+    from .report import verdicts
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    tree = Path(tempfile.mkdtemp(prefix=f"change-{change.name}-"))
+    try:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), head], check=True)
+        subprocess.run(["git", "-C", str(tree), "apply", str(PATCHES / f"{change.name}.patch")], check=True)
+        report = out / f"{change.name}.json"
+        cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--benchmark-compare", f"--ab-base={head}",
+               "-n", "auto", "-p", "no:cacheprovider", "-q", "-k", " or ".join(rows),
+               f"--benchmark-json={report}", f"--gate-report={out / f'{change.name}.md'}"]
+        subprocess.run(cmd, cwd=tree, check=False)  # exit 1 is a flagged regression: the verdicts say which
+        benchmarks = json.loads(report.read_text())["benchmarks"]
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(tree, ignore_errors=True)
+    judged = verdicts([Row.from_info(b["extra_info"]) for b in benchmarks], [b["name"] for b in benchmarks], {})
+    return [(change, Row.from_info(b["extra_info"]).variant, v) for b, v in zip(benchmarks, judged, strict=True)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perf.changes", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for each change's gate report and the summary changes.md")
+    p.add_argument("--only", nargs="+", choices=[c.name for c in CHANGES], help="these changes (default: all)")
+    p.add_argument("--rows", nargs="+", default=PANEL, help="test ids of the panel (default: 5 variants at b=32, 1)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if not out.is_dir():
+        p.error(f"--out {out}: not a folder")
+    results = []
+    for change in [c for c in CHANGES if not args.only or c.name in args.only]:
+        print(f"# {change.name}: {change.what}", flush=True)
+        results += run_change(change, args.rows, out)
+        text, tally = table(results)
+        (out / "changes.md").write_text(text)  # after every change: a late failure keeps what ran
+    print(text)
+    print(f"required flags caught: {tally['flagged']} of {tally['flag']}; false alarms: {tally['false_alarms']} "
+          f"of {tally['quiet']} untouched rows")
+    return 0 if tally["flagged"] == tally["flag"] and not tally["false_alarms"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The gate's report: what was compared with what, the runner check, and one verdict row per benchmark."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import ab, gate, store
+from .grids import GRIDS, bench_name
+from .record import Row
+
+if TYPE_CHECKING:
+    from .conftest import Gate
+
+
+def verdicts(rows: list[Row | None], names: list[str], bands: dict[str, float]) -> list[gate.Verdict]:
+    return [gate.judge(name, row.base_s, row.candidate_s, klass=row.klass, band=bands.get(name),
+                       base_mem=row.base_peak, cur_mem=row.candidate_peak)
+            for name, row in zip(names, rows, strict=True)]
+
+
+def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None
+                ) -> tuple[bool, str]:
+    """(passed, markdown) for the benchmark dicts of one gate run."""
+    order = {bench_name(*point): i for i, point in enumerate(GRIDS[grid])}
+    benchmarks = sorted(benchmarks, key=lambda b: (order.get(b["name"], len(order)), b["name"]))
+    names = [b["name"] for b in benchmarks]
+    rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
+    base = g.base
+    if base.commit == ab.SELF:
+        against = "itself (--ab-base=self, an A/A run)"
+    elif base.commit == g.baseline.commit and base.ref == base.commit:
+        against = f"{base.commit[:12]}, the commit the stored baseline timed"
+    else:
+        against = f"{base.ref} ({base.commit[:12]})"
+    lines = [f"### Perf gate: this tree vs {against}", ""]
+    if not rows:
+        lines.append("**The gate cannot judge: no benchmark ran** (a -k or test id that selects no perf row, or every "
+                     "row failed). Nothing was compared, so the gate fails.")
+        return False, "\n".join(lines) + "\n"
+    lines.append(f"- Runner check: {_runner_line(g, rows, names)}")
+    left_out = len(set(order) - set(names))
+    selection = f"; {left_out} rows of the {grid} grid were not selected" if left_out else ""
+    took = "" if wall_s is None else f" in {wall_s / 60:.1f} min"
+    lines.append(f"- Judged: {len(rows)} rows{selection}, on {g.card} x {workers}{took}, each in paired rounds (base, "
+                 f"then this tree) until its CI settled the verdict ({gate.FIRST_ROUNDS} to {g.rounds} rounds; a "
+                 f"change is called on >= {gate.FLAG_ROUNDS}).")
+    default = (f"±{gate.DEFAULT_BAND[gate.DEVICE]:.1%} CUDA-graph loops, ±{gate.DEFAULT_BAND[gate.HOST]:.1%} the "
+               f"others")
+    lines.append(f"- Noise bands: {'per row from ' + store.BANDS + ', else ' if g.bands else ''}{default}. Memory: "
+                 f"peak allocated up > {gate.MEMORY_SHARE:.0%} and > {gate.MEMORY_MIN_BYTES >> 20} MiB regresses.")
+    injected = sorted(r.variant for r in rows if r.injected_slowdown)
+    if injected:
+        lines.append(f"- TEST ONLY: slowdowns injected into {', '.join(injected)} (--inject-slowdown).")
+    differ = [name for name, r in zip(names, rows, strict=True) if r.same_tokens_as_base is False]
+    if differ:
+        lines.append(f"- Tokens differ from the base arm's in {', '.join(differ)}: a change of behaviour, not of "
+                     f"speed (run `python -m pytest correctness` to see whether it is a near-tie).")
+    judged = verdicts(rows, names, g.bands)
+    lines += ["", gate.format_table(judged)]
+    failed = [v.name for v in judged if v.regressed]
+    lines.append(f"**GATE FAILED**: {len(failed)} regressed: {', '.join(failed)}" if failed else
+                 f"**Gate passed**: no row regressed in time or memory ({len(judged)} judged).")
+    return not failed, "\n".join(lines) + "\n"
+
+
+def _runner_line(g: Gate, rows: list[Row], names: list[str]) -> str:
+    b = g.baseline
+    where = f"{b.path.name}, recorded {b.recorded[:10]} at {b.commit[:12]}"
+    base_tree = (store.generators_tree("HEAD") if g.base.commit == ab.SELF and not store.generators_dirty()
+                 else store.generators_tree(g.base.commit) if g.base.commit != ab.SELF else None)
+    if base_tree != b.tree:
+        return (f"not run: the base arm's generators/ is not the code the stored baseline timed ({where}); its "
+                f"times today have nothing stored to compare with.")
+    today = {name: row.base_s for name, row in zip(names, rows, strict=True) if row.base_s}
+    classes = {name: row.klass for name, row in zip(names, rows, strict=True)}
+    return f"base arm today vs its stored times ({where}): {gate.runner_check(today, b.samples, classes).line()}."

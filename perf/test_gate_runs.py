@@ -1,0 +1,147 @@
+"""The gate end to end on CPU, as a user runs it (pytest in a subprocess): it judges, and it fails closed.
+
+CPU runs may only use a baseline folder given with --benchmark-storage: perf/baselines/ holds GPU timings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from . import gate, store
+from .conftest import _parse_injected
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = "b4-n16 and (naive or kv_static)"
+pytestmark = pytest.mark.skipif(store.generators_tree("HEAD") is None, reason="not a git checkout with generators/")
+
+
+def run(*args: str, timeout: int = 600) -> tuple[int, str]:
+    cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--device=cpu", "-p", "no:cacheprovider", "-q",
+           *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> tuple[str, Path]:
+    """A baseline folder holding a CPU baseline of HEAD's generators/ (written here: recording needs a clean tree)."""
+    from pytest_benchmark.utils import get_machine_id
+
+    folder = tmp_path / "baselines" / get_machine_id()
+    folder.mkdir(parents=True)
+    rows = [{"name": f"test_generate[{v}-b4-n16-float32]", "stats": {"data": [0.02, 0.021, 0.019]}}
+            for v in ("naive", "kv_static")]
+    data = {"machine_info": {"decode_gate": {"generators_tree": store.generators_tree("HEAD")}},
+            "commit_info": {"id": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                                 text=True, check=True).stdout.strip()},
+            "datetime": "2026-11-30T12:00:00", "benchmarks": rows}
+    (folder / "0001_baseline.json").write_text(json.dumps(data))
+    return f"--benchmark-storage=file://{tmp_path / 'baselines'}", folder
+
+
+def test_the_gate_flags_an_injected_slowdown_and_judges_every_selected_row(storage, tmp_path: Path) -> None:
+    option, _ = storage
+    report = tmp_path / "gate.md"
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "-k", ROWS, "--inject-slowdown=naive:0.5",
+                  "--ab-rounds=15", f"--gate-report={report}", f"--benchmark-json={tmp_path / 'gate.json'}")
+    assert rc == pytest.ExitCode.TESTS_FAILED, out
+    text = report.read_text()
+    assert "GATE FAILED" in out and "the commit the stored baseline timed" in text, text
+    verdicts = dict(re.findall(r"^\| test_generate\[(\S+)-b4-n16-float32\] \| ([^|]+?) \|", text, flags=re.M))
+    assert verdicts["naive"] == gate.REGRESSED, text
+    # The untouched row is judged too; its verdict is not asserted: a shared 2-core CI machine is not a GPU.
+    assert verdicts.keys() == {"naive", "kv_static"}, text
+    assert "10 rows of the smoke grid were not selected" in text
+    for b in json.loads((tmp_path / "gate.json").read_text())["benchmarks"]:  # every judged round is in the JSON
+        info = b["extra_info"]
+        assert len(info["base_s"]) == len(info["candidate_s"]), info
+        assert re.search(rf"^\| {re.escape(b['name'])} \|.* \| {len(info['candidate_s'])} \|$", text, flags=re.M)
+
+
+def test_one_worker_per_device_gives_one_merged_report(storage, tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    option, _ = storage
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "-k", ROWS, "--inject-slowdown=naive:0.5",
+                  "--ab-rounds=15", "-n", "2", f"--benchmark-json={tmp_path / 'gate.json'}")
+    assert rc == pytest.ExitCode.TESTS_FAILED, out
+    assert "x 2" in out and "naive-b4-n16-float32] | regressed" in out and "kv_static-b4-n16-float32] |" in out
+    names = {b["name"] for b in json.loads((tmp_path / "gate.json").read_text())["benchmarks"]}
+    assert names == {"test_generate[naive-b4-n16-float32]", "test_generate[kv_static-b4-n16-float32]"}
+
+
+def test_recording_under_workers_writes_one_baseline(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    if store.generators_dirty():
+        pytest.skip("generators/ differs from HEAD here: recording is refused (test_recording_a_dirty_tree...)")
+    rc, out = run(f"--benchmark-storage=file://{tmp_path}", "--benchmark-save=baseline", "--benchmark-save-data",
+                  "-k", ROWS, "-n", "2")
+    assert rc == 0, out
+    [path] = tmp_path.glob("*/0001_baseline.json")
+    assert store.latest(path.parent, "cpu").samples.keys() == {"test_generate[naive-b4-n16-float32]",
+                                                               "test_generate[kv_static-b4-n16-float32]"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--benchmark-compare"], "needs CUDA"),
+    (["--benchmark-save=baseline"], "needs CUDA"),
+    (["--ab-base=self"], "add --benchmark-compare"),
+    (["--ab-rounds=10"], "at least that many"),
+    (["--inject-slowdown=naive:inf"], "share in (0, 10]"),
+])
+def test_runs_the_gate_cannot_make_are_refused_before_any_work(args: list[str], message: str) -> None:
+    rc, out = run(*args, "--collect-only")
+    assert rc == pytest.ExitCode.USAGE_ERROR and message in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("corrupt", "cannot be read as a baseline"),
+    ("empty", "holds no benchmarks"),
+    ("bands", "does not parse"),
+    ("unknown commit", "fetch it"),
+    ("no baseline", "no stored baseline"),
+])
+def test_a_gate_without_what_it_needs_fails_closed(case: str, message: str, storage) -> None:
+    option, folder = storage
+    newest = folder / "0002_baseline.json"
+    data = json.loads((folder / "0001_baseline.json").read_text())
+    if case == "corrupt":
+        newest.write_text("{not json")
+    elif case == "empty":
+        newest.write_text(json.dumps(data | {"benchmarks": []}))
+    elif case == "bands":
+        (folder.parent / store.BANDS).write_text("{oops")
+    elif case == "unknown commit":
+        newest.write_text(json.dumps(data | {"commit_info": {"id": "0123456789abcdef" * 2 + "01234567"}}))
+    elif case == "no baseline":
+        (folder / "0001_baseline.json").unlink()
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "-k", ROWS)
+    assert rc == pytest.ExitCode.USAGE_ERROR and message in out and "Traceback" not in out, out
+
+
+def test_a_selection_that_leaves_nothing_to_judge_fails(storage) -> None:
+    option, _ = storage
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "-k", "nothing_is_called_this")
+    assert rc != 0 and "cannot judge" in out, out
+
+
+def test_recording_a_dirty_tree_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "generators_dirty", lambda repo=store.ROOT: ["generators/loop.py"])
+    with pytest.raises(store.GateError, match="commit first"):
+        store.check_recordable()
+
+
+@pytest.mark.parametrize("spec", ["naive:inf", "naive:-5", "naive:nan", "naive:abc", "naive:0", "naive:11", "nope:0.1",
+                                  "naive"])
+def test_bad_injected_slowdowns_are_usage_errors(spec: str) -> None:
+    with pytest.raises(pytest.UsageError, match=re.escape(repr(spec))):
+        _parse_injected(f"kv_static:0.1,{spec}")
+
+
+def test_injected_slowdowns_parse() -> None:
+    assert _parse_injected("naive:0.5,kv_static:10") == {"naive": 0.5, "kv_static": 10.0}
