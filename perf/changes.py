@@ -24,7 +24,6 @@ from .grids import point_id
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = Path(__file__).parent / "changes"
-BAR = {gate.DEVICE: 0.03, gate.HOST: 0.08}  # the smallest slowdown the gate must flag, per class
 PANEL = [point_id(v, b, 100, "float32") for b in (32, 1)
          for v in ("cuda_graph", "cuda_graph_deferred", "lean_graph", "lean_eager", "static_compiled")]
 _STATIC_HF = frozenset({"kv_static", "static_compiled", "pipelined", "static_compiled_no_eos", "cuda_graph",
@@ -52,7 +51,7 @@ def expected(change: Change, variant: str, v: gate.Verdict) -> str:
     """'flag', 'quiet' or 'either' (a touched row whose effect stayed under the bar)."""
     if variant not in change.touches:
         return "quiet"
-    big_time = v.ratio is not None and v.ratio - 1 >= BAR[v.klass]
+    big_time = v.ratio is not None and v.ratio - 1 >= gate.BAR[v.klass]
     big_memory = v.memory_ratio is not None and v.memory_ratio - 1 >= gate.MEMORY_SHARE
     return "flag" if big_time or big_memory else "either"
 

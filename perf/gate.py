@@ -23,7 +23,8 @@ DEVICE = "device"  # CUDA-graph loops: the GPU's time
 HOST = "host"  # eager, default-compile and HF loops: bound by the host's launches
 CLASSES = (DEVICE, HOST)
 
-# Below the smallest change the gate must catch in the class (3% in a CUDA-graph loop, 8% in the others) by a margin
+BAR = {DEVICE: 0.03, HOST: 0.08}  # the smallest slowdown the gate must flag, per class
+# Below the smallest change the gate must catch in the class (BAR) by a margin
 # that the noise of a row's effect rarely crosses, and above what A/A runs show (docs/gate.md). bands.json
 # (calibrate, below) replaces them per row.
 DEFAULT_BAND = {DEVICE: 0.02, HOST: 0.05}
@@ -113,13 +114,14 @@ def judge(name: str, base_samples: Sequence[float] | None, cur_samples: Sequence
 
 
 def settled(v: Verdict) -> bool:
-    """No more rounds can change this verdict: a change called on >= FLAG_ROUNDS rounds, or no change with the whole
-    CI inside the band (a band-sized change is then ruled out)."""
+    """More rounds are not needed: a change called on >= FLAG_ROUNDS rounds, or no change with the whole CI inside
+    +-BAR (a change the gate must flag is then ruled out)."""
     if v.status == NEW:
         return True
     if v.status in (REGRESSED, IMPROVED):
         return v.rounds >= FLAG_ROUNDS
-    return 1 / (1 + v.band) <= v.ci_low and v.ci_high <= 1 + v.band
+    bar = BAR[v.klass]
+    return 1 / (1 + bar) < v.ci_low and v.ci_high < 1 + bar
 
 
 def sequential_rounds(verdict: Callable[[], Verdict], one_round: Callable[[], object], done: int,

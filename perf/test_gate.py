@@ -185,8 +185,8 @@ def test_rounds_never_pass_the_most() -> None:
     assert max(v.rounds for v in verdicts) == 20
 
 
-def test_settled_needs_the_whole_ci_inside_the_band() -> None:
-    inside = judge("b", [1.0] * 5, [1.0, 1.01, 0.99, 1.0, 1.005], klass=HOST)
+def test_settled_needs_the_whole_ci_inside_the_bar() -> None:
+    inside = judge("b", [1.0] * 5, [1.0, 1.07, 0.95, 1.0, 1.005], klass=HOST)
     straddling = judge("b", [1.0] * 5, [0.97, 1.12, 0.99, 1.08, 1.02], klass=HOST)
     assert gate.settled(inside) and not gate.settled(straddling)
     early = judge("b", [1.0] * 5, [1.2] * 5, klass=HOST)
