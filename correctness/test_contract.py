@@ -61,7 +61,7 @@ def test_cases_do_what_they_say(case_name: str, device: torch.device) -> None:
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3])
 @pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.captured])
 def test_generation_shorter_than_the_capture_warm_up(name: str, max_new_tokens: int, device: torch.device) -> None:
-    """capture() runs its warm-up steps for real (loop.CAPTURE_ROOM positions after the prompt): a session for
+    """capture() runs its warm-up steps for real (execution.CAPTURE_ROOM positions after the prompt): a session for
     fewer new tokens must still hold them, or they write past its token buffer and KV cache."""
     model = contract_model(device)
     for case_name in ("no_eos", "first_step"):

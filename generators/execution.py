@@ -38,7 +38,7 @@ class Execution:
         return type(self).__name__
 
     # Bridge, until perf/conftest.py and __main__.py read Generator.runs_on_cpu / .captured: they still compare
-    # `execution` with "eager" and "cuda_graph". Revert this commit then.
+    # `execution` with "eager" and "cuda_graph". Remove it then (and Reference.execution).
     name = "eager"
 
     def __eq__(self, other: object) -> bool:
