@@ -73,7 +73,8 @@ def test_batch_cases(policy: Generator, case_name: str) -> None:
     "kwargs",
     [dict(cache="lru"), dict(execution="jit"), dict(stop="sometimes"), dict(cache=caches.DynamicKV, execution=COMPILE),
      dict(cache=caches.Recompute, execution=CUDA_GRAPH), dict(stop=stops.EveryK(torch.zeros((), dtype=torch.bool)))],
-    ids=str,
+    ids=["cache_lru", "execution_jit", "stop_sometimes", "dynamic_compiled", "recompute_cuda_graph",
+         "stop_instance_not_class"],
 )
 def test_generator_rejects_unknown_or_impossible_policies(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="bad"):
