@@ -1,5 +1,5 @@
 """Evidence for the lean step (issue 6): where a decode step's GPU time goes, whether several steps per CUDA
-graph pay, and what skinny.py's matmul and flash_decode.py's attention give.
+graph pay, what skinny.py's matmul gives against cuBLAS, and what fusing c_attn's output into the attention gives.
 
     python -m perf.lean_probe --batch 1 32 --out out/
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from generators import COMPILE, GENERATORS, Generator, bench, caches, loop, models, release_sessions, skinny
+from generators.decoding import Decoding
 from generators.execution import capture
 from generators.lean import LeanModel
 from generators.timer import cuda_seconds
@@ -41,7 +42,7 @@ COMPILED = {
 class UnfusedLeanKV(caches.LeanKV):
     """LeanKV over LeanModel(fused_qkv=False): GPT-2's K/V writes and q as kernels of their own."""
 
-    def __init__(self, model: torch.nn.Module, d: object) -> None:
+    def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
         super().__init__(model, d)
         self.lean = LeanModel(model, fused_qkv=False)
         self.caches = self.lean.new_cache(*d.tokens.shape)
