@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from generators import stops
+
 
 def assert_contract(out: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: int, eos: int | None,
                     pad: int | None, label: str) -> None:
@@ -40,8 +42,10 @@ def assert_contract(out: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: 
             f"yet {n} steps came back; expected {max(first_eos) + 1}\n{generated}")
 
 
-def steps_to_run(stop: str, k: int, n: int, max_new_tokens: int) -> int:
+def steps_to_run(stop: type[stops.StopCheck], n: int, max_new_tokens: int) -> int:
     """How many steps the loop runs under stop check `stop` (generators/stops.py) when every row has produced
     EOS by step n - 1 (pass n = max_new_tokens when some row never does): the checks that look late run on."""
-    late = {"every_step": n, "pingpong": n + 1, "deferred": n + 1, "every_k": -(-n // k) * k, "never": max_new_tokens}
+    if issubclass(stop, stops.EveryK):
+        return min(-(-n // stop.k) * stop.k, max_new_tokens)
+    late = {stops.EveryStep: n, stops.PingPong: n + 1, stops.Deferred: n + 1, stops.Never: max_new_tokens}
     return min(late[stop], max_new_tokens)

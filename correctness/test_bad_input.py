@@ -72,7 +72,7 @@ def test_capture_room_must_fit_the_models_positions() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.execution == "cuda_graph"])
+@pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.captured])
 def test_cuda_graph_generator_checks_its_capture_room(name: str, device: torch.device) -> None:
     """Not a crash in a warm-up step: P + max_new_tokens fits the 256 positions, P + the capture's room does not."""
     with pytest.raises(ValueError, match="CUDA-graph generator"):

@@ -13,11 +13,11 @@ import torch
 
 from correctness.contract import assert_contract
 from correctness.scenarios import BATCH, CASES, MAX_NEW_TOKENS, PROMPT_LEN, case, contract_model, emitted
-from generators import GENERATORS, Generator, generate
+from generators import COMPILE, GENERATORS, Generator, caches, generate, stops
 
 
 def marks(g: Generator) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.gpu] * g.requires_cuda + [pytest.mark.slow] * (g.execution != "eager")
+    return [pytest.mark.gpu] * g.requires_cuda + [pytest.mark.slow] * g.compiles
 
 
 ALL = [pytest.param(name, marks=marks(g), id=name) for name, g in GENERATORS.items()]
@@ -59,9 +59,9 @@ def test_cases_do_what_they_say(case_name: str, device: torch.device) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3])
-@pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.execution == "cuda_graph"])
+@pytest.mark.parametrize("name", [name for name, g in GENERATORS.items() if g.captured])
 def test_generation_shorter_than_the_capture_warm_up(name: str, max_new_tokens: int, device: torch.device) -> None:
-    """capture() runs its warm-up steps for real (loop.CAPTURE_ROOM positions after the prompt): a session for
+    """capture() runs its warm-up steps for real (execution.CAPTURE_ROOM positions after the prompt): a session for
     fewer new tokens must still hold them, or they write past its token buffer and KV cache."""
     model = contract_model(device)
     for case_name in ("no_eos", "first_step"):
@@ -106,14 +106,13 @@ def test_output_is_not_reused(name: str, device: torch.device) -> None:
 
 
 # On CPU, the compiled variants get only this test (and the cases above); on a GPU, test_equivalence too.
-COMPILED_ON_CPU = [name for name, g in GENERATORS.items() if g.execution == "compile" and not g.requires_cuda]
+COMPILED_ON_CPU = [name for name, g in GENERATORS.items() if g.compiles and not g.requires_cuda]
 COMPILED_POLICIES = [
-    Generator("compiled_deferred", "compiled step, stop flag read one step late", execution="compile",
-              stop="deferred"),
-    Generator("compiled_every_3", "compiled step, stop check every 3 steps", execution="compile", stop="every_k",
-              k=3),
+    Generator("compiled_deferred", "compiled step, stop flag read one step late", execution=COMPILE,
+              stop=stops.Deferred),
+    Generator("compiled_every_3", "compiled step, stop check every 3 steps", execution=COMPILE, stop=stops.every_k(3)),
     # lean_graph's step, compiled but not captured: proves on CPU that it compiles with fullgraph and matches.
-    Generator("lean_compiled", "lean forward, compiled step", forward="lean", execution="compile"),
+    Generator("lean_compiled", "lean forward, compiled step", cache=caches.LeanKV, execution=COMPILE),
 ]
 
 
@@ -132,3 +131,17 @@ def test_compiled_variants_match_naive(family: str) -> None:
             label = f"{g.name} on {family}, case {case_name} (eos={eos}, pad={pad})"
             assert_contract(out, ids, MAX_NEW_TOKENS, eos, pad, label)
             assert torch.equal(out, expected), f"{label}:\n{g.name}:\n{out}\nnaive:\n{expected}"
+
+
+def test_a_new_variant_is_one_line() -> None:
+    """The docstring's example (generators/__init__.py): existing policies make a new variant in one line, and it
+    emits naive's tokens under every case."""
+    g = Generator("lean_every_4", "lean_eager, stop check every 4 steps", cache=caches.LeanKV, stop=stops.every_k(4))
+    model = contract_model("cpu")
+    for case_name in CASES:
+        ids, eos, pad = case(case_name, model)
+        out = g(model, ids, MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
+        expected = generate("naive", model, ids, MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
+        label = f"{g.name} on case {case_name} (eos={eos}, pad={pad})"
+        assert_contract(out, ids, MAX_NEW_TOKENS, eos, pad, label)
+        assert torch.equal(out, expected), f"{label}:\n{g.name}:\n{out}\nnaive:\n{expected}"

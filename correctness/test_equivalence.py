@@ -18,20 +18,20 @@ from hypothesis import strategies as st
 from correctness.contract import assert_contract
 from correctness.strategies import COMPILED_SHAPES, Example, examples, oracle
 from correctness.ties import TieLedger, assert_same_tokens
-from generators import GENERATORS, Generator
+from generators import GENERATORS, Generator, Reference
 
 ORACLES = ("naive", "hf_generate")
 
 
-def marks(g: Generator) -> list[pytest.MarkDecorator]:
+def marks(g: Generator | Reference) -> list[pytest.MarkDecorator]:
     if g.requires_cuda:
         return [pytest.mark.gpu]
-    return [pytest.mark.per_shape_compile] if g.execution != "eager" else []
+    return [pytest.mark.per_shape_compile] if g.compiles else []
 
 
-def compiles(g: Generator, device: torch.device) -> bool:
+def compiles(g: Generator | Reference, device: torch.device) -> bool:
     """Whether a new shape costs a compile: our compiled steps, and generate() with a static cache on CUDA."""
-    return g.execution != "eager" or (g.reference == "static" and device.type == "cuda")
+    return g.compiles or (isinstance(g, Reference) and g.cache_implementation == "static" and device.type == "cuda")
 
 
 def assert_matches_oracles(name: str, example: Example, ledger: TieLedger) -> None:

@@ -18,13 +18,14 @@ PingPong's wait_stream left boundary-only delays passing). What exposes it:
 - at_step_start for step 0: the prefill and a decode step are different functions, so there a swap does corrupt.
 - before_flag_copy: a sleep before the stop flag's copy to the host: a flag read without its event wait sees a
   stale False and the loop runs on, which the step count catches (tokens survive it, being trimmed).
-The delays come from test-only subclasses put in with pytest's MonkeyPatch: the policy in
-generators.stops.STOP_CHECKS (which the loop reads at call time) and generators.loop.Decoding.reset.
+The delays come from test-only subclasses: of the variant's stop policy, in a copy of the variant
+(dataclasses.replace), and of generators.loop.Decoding.reset, put in with pytest's MonkeyPatch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -41,8 +42,8 @@ from generators import GENERATORS, Generator, loop, stops
 pytestmark = pytest.mark.gpu
 
 EAGER = [
-    Generator("eager_pingpong", "eager static-cache steps, the two-stream ping-pong stop check", stop="pingpong"),
-    Generator("eager_deferred", "eager static-cache steps, the stop flag read one step late", stop="deferred"),
+    Generator("eager_pingpong", "eager static-cache steps, the two-stream ping-pong stop check", stop=stops.PingPong),
+    Generator("eager_deferred", "eager static-cache steps, the stop flag read one step late", stop=stops.Deferred),
 ]
 # The registry's variants whose stop checks overlap host and GPU (cuda_graph_every_8: `.item()` every 8 steps).
 REGISTERED = [GENERATORS[name] for name in ("pipelined", "cuda_graph_deferred", "cuda_graph_every_8")]
@@ -110,11 +111,11 @@ def delayed(policy: type[stops.StopCheck], delays: Delays, current: dict, calls:
 
 
 @contextlib.contextmanager
-def injected(generator: Generator, model: torch.nn.Module, delays: Delays, calls: list[int]) -> Iterator[None]:
+def injected(generator: Generator, model: torch.nn.Module, delays: Delays, calls: list[int]) -> Iterator[Generator]:
+    """`generator` with the delays: its stop policy delayed, Decoding.reset and the output layer too."""
     current: dict = {}
     with pytest.MonkeyPatch.context() as mp:
-        policy = stops.STOP_CHECKS[generator.stop]
-        mp.setitem(stops.STOP_CHECKS, generator.stop, delayed(policy, delays, current, calls))
+        delayed_generator = dataclasses.replace(generator, stop=delayed(generator.stop, delays, current, calls))
         if delays.at_reset:
             reset = loop.Decoding.reset
 
@@ -130,7 +131,7 @@ def injected(generator: Generator, model: torch.nn.Module, delays: Delays, calls
 
         hook = model.get_output_embeddings().register_forward_pre_hook(mid_step) if delays.mid_step else None
         try:
-            yield
+            yield delayed_generator
         finally:
             if hook is not None:
                 hook.remove()
@@ -139,14 +140,14 @@ def injected(generator: Generator, model: torch.nn.Module, delays: Delays, calls
 def check_under_delays(generator: Generator, example: Example, delays: Delays, ledger: TieLedger) -> None:
     undelayed = example.run(generator)
     calls: list[int] = []
-    with injected(generator, example.model, delays, calls):
-        out = example.run(generator)
+    with injected(generator, example.model, delays, calls) as delayed_generator:
+        out = example.run(delayed_generator)
         torch.cuda.synchronize()
     ids, eos, pad, max_new = example.input_ids, example.eos_token_id, example.pad_token_id, example.max_new_tokens
     assert_contract(out, ids, max_new, eos, pad, f"{generator.name} with delays")
     n = out.shape[1] - example.prompt_len
     every_row_done = all(eos in row for row in out[:, example.prompt_len :].tolist())
-    expected_steps = steps_to_run(generator.stop, generator.k, n if every_row_done else max_new, max_new)
+    expected_steps = steps_to_run(generator.stop, n if every_row_done else max_new, max_new)
     assert len(calls) == expected_steps, f"{generator.name}: ran {len(calls)} steps, expected {expected_steps}"
     # cuBLAS does not promise bitwise equal results across streams (the ping-pong uses two), so the tie rule
     # applies to the undelayed run too; a race shows as a divergence far from any tie.

@@ -38,14 +38,12 @@ def kv_heads_and_dim(config: object) -> tuple[int, int]:
 class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
 
-    def __init__(self, model: nn.Module, *, skinny_matmul: bool = True, flash_attention: bool = True,
-                 fused_qkv: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, fused_qkv: bool = True) -> None:
         super().__init__()
-        # False: every projection through its module, a step's attention as reductions (perf/lean_probe.py).
-        # fused_qkv (GPT-2, with flash_attention): a step's attention reads c_attn's output or partial sums and
-        # writes K/V itself (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an
-        # H200 (perf/RESULTS.md, "qkv into the attention kernel").
-        self.skinny_matmul, self.flash_attention, self.fused_qkv = skinny_matmul, flash_attention, fused_qkv
+        # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
+        # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
+        # (perf/RESULTS.md, "qkv into the attention kernel"). False: the unfused step it is tested against.
+        self.fused_qkv = fused_qkv
         config = model.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -94,7 +92,7 @@ class LeanModel(nn.Module):
         if self.kind == "gpt2":
             t = self.hf.transformer
             h = t.wte(tokens) + t.wpe(positions)[None]
-            fused = self.fused_qkv and self.flash_attention and tokens.shape[1] == 1 and flash_decode.available(h)
+            fused = self.fused_qkv and tokens.shape[1] == 1 and flash_decode.available(h)
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a, mlp = layer.attn, layer.mlp
                 x = layer.ln_1(h)
@@ -123,9 +121,9 @@ class LeanModel(nn.Module):
 
     def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself
-        runs (skinny.py off, not CUDA, rows outside MIN_ROWS..MAX_ROWS)."""
+        runs (not CUDA, rows outside MIN_ROWS..MAX_ROWS)."""
         rows = x.reshape(-1, x.shape[-1])
-        if not (self.skinny_matmul and skinny.available(rows)):
+        if not skinny.available(rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
         return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t())
@@ -172,7 +170,7 @@ class LeanModel(nn.Module):
         k_cache[:, :, positions] = k  # in place: the cache's address is what a CUDA graph replays
         v_cache[:, :, positions] = v
         b, _, t, _ = q.shape
-        if t == 1 and self.flash_attention and flash_decode.available(q):
+        if t == 1 and flash_decode.available(q):
             out = flash_decode.decode_attention(q, k_cache, v_cache, positions, scale)
         elif t == 1:
             out = self._decode_attention(q, k_cache, v_cache, mask, scale)

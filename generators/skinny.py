@@ -27,21 +27,10 @@ import torch
 # plain TF32 M=64 lost (96.6 / 86.2: the S x M x N partial sums grow to half the weight's bytes).
 MIN_ROWS, MAX_ROWS = 2, 16
 BLOCK_K = 64
-# How fp32 inputs are multiplied when torch allows TF32 matmuls. Rows of the correctness suite's tiny models whose
-# greedy tokens part from naive's (cuBLAS, TF32), of 328, on an H200 (.devrun/precision.py, perf/RESULTS.md):
-# cuBLAS's own kernels 9, Triton's "tf32" 67 (and the GPU suite failed its near-tie ration), "tf32x3" 30 (three
-# products, fp32-accurate; the GPU suite passed twice), "tf32-rounded" 11.
-# "tf32-rounded" is ours, not one of tl.dot's input_precisions: plain TF32 products of x and W tiles first rounded
-# to TF32 (10 mantissa bits) to nearest, ties away from zero (``round_to_tf32``). Handed fp32 registers, the tensor
-# cores ignore the 13 low bits: a truncation, every operand shrinks a little toward zero. CUTLASS rounds its
-# operands this way (include/cutlass/tfloat32.h, tfloat32_t::round_half_ulp_truncate: add 0x1000 to finite bits;
-# numeric_conversion.h, PreferredRoundingMode<tfloat32_t, float>), and in triton-lang/triton#4574 a maintainer's
-# tl.dot matched torch's TF32 matmul exactly after cvt.rna.tf32.f32 (the same rounding) on both operands. The bit
-# trick, not that inline asm, so that Triton's CPU interpreter runs it too. It is as fast as plain TF32 (M=4 55.8 /
-# 66.0 ms against cuBLAS, M=32 67.1 / 71.8) and parts almost as rarely as cuBLAS, but NOT adopted yet: with it at
-# <= 32 rows the GPU suite's lean_eager test failed once (the report was lost to the device's time limit) and
-# passed once, and passed once at <= 64 rows. Until the whole GPU suite passes with it repeatedly, the lean step
-# keeps "tf32x3".
+# How fp32 inputs are multiplied when torch allows TF32 matmuls: three TF32 products, fp32-accurate. Rows of the
+# correctness suite's tiny models whose greedy tokens part from naive's (cuBLAS, TF32), of 328, on an H200
+# (perf/RESULTS.md): cuBLAS's own kernels 9, Triton's "tf32" 67 (the GPU suite failed its near-tie ration),
+# "tf32x3" 30 (the GPU suite passed twice).
 FP32_PRECISION = "tf32x3"
 
 try:
@@ -55,29 +44,12 @@ def available(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda and MIN_ROWS <= x.shape[0] <= MAX_ROWS
 
 
-def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
-    """fp32 ``t`` rounded to TF32 (10 mantissa bits) to nearest, ties away from zero, as "tf32-rounded" rounds its
-    tiles: add half a TF32 ulp to the bit pattern, then clear the 13 low bits. Inf and NaN pass unchanged."""
-    if t.dtype != torch.float32:
-        raise TypeError(f"round_to_tf32 takes float32, not {t.dtype}")
-    bits = t.view(torch.int32)
-    finite = (bits & 0x7F800000) != 0x7F800000
-    return torch.where(finite, (bits + 0x1000) & ~0x1FFF, bits).view(torch.float32)
-
-
 if triton is not None:
-
-    @triton.jit
-    def _round_to_tf32(t):
-        """round_to_tf32 of an fp32 tile."""
-        bits = t.to(tl.uint32, bitcast=True)
-        finite = (bits & 0x7F800000) != 0x7F800000
-        return tl.where(finite, (bits + 0x1000) & 0xFFFFE000, bits).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _partials_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn,
                          K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ROUND_TF32: tl.constexpr):
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -88,8 +60,6 @@ if triton is not None:
                         mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
             w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
                         mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
-            if ROUND_TF32:
-                x, w = _round_to_tf32(x), _round_to_tf32(w)
             acc = tl.dot(x, w, acc, input_precision=PRECISION)
         tl.store(out_ptr + split * M * N + rows[:, None] * N + cols[None, :], acc,
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
@@ -120,11 +90,10 @@ def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tenso
     block_n, splits, per_split = plan(m, n, k, _sm_count(x.device))
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
     precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
-    rounded = precision == "tf32-rounded"
     _partials_kernel[(triton.cdiv(n, block_n), splits)](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=BLOCK_K,
-        PRECISION="tf32" if rounded else precision, ROUND_TF32=rounded, num_warps=4, num_stages=3)
+        PRECISION=precision, num_warps=4, num_stages=3)
     return out
 
 

@@ -6,15 +6,17 @@ waits for the GPU:
 - PingPong: the post's two streams; step i runs on stream i % 2 and the host reads step i-1's flag from pinned
   memory only after step i is queued.
 - Deferred: one stream; the flag is copied to pinned memory with an event, and read one step late.
-- EveryK: `.item()` every k steps.
+- EveryK: `.item()` every k steps (`every_k(8)`: the policy for one k).
 - Never: no check; the loop runs max_new_tokens steps.
 Policies that look late let the loop run past the stop step; rows that finished only emit padding then, and the
 loop trims the extra steps (see loop.finish), so the output is the same for all of them.
+A variant names its policy by class (`stop=stops.Deferred`); the loop makes one per generation, for its flag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -23,6 +25,8 @@ _NULL = contextlib.nullcontext()
 
 class StopCheck:
     """Base policy: every step runs on the current stream."""
+
+    requires_cuda = False  # True: the policy needs CUDA streams (a variant using it refuses a CPU model)
 
     def __init__(self, stop_flag: torch.Tensor) -> None:
         self.stop_flag = stop_flag  # [] bool, on the model's device: every row has produced EOS
@@ -43,14 +47,18 @@ class EveryStep(StopCheck):
 
 
 class EveryK(StopCheck):
-    def __init__(self, stop_flag: torch.Tensor, k: int) -> None:
-        super().__init__(stop_flag)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = k
+    k = 1  # check every k steps; every_k(k) makes the policy for another k
 
     def should_stop(self, step: int) -> bool:
         return (step + 1) % self.k == 0 and bool(self.stop_flag.item())
+
+
+@functools.cache
+def every_k(k: int) -> type[EveryK]:
+    """EveryK with its k, for a registry line: `stop=stops.every_k(8)`. The same k gives the same class."""
+    if k < 1:
+        raise ValueError(f"every_k: k must be >= 1, got {k}")
+    return type(f"EveryK{k}", (EveryK,), {"k": k})
 
 
 class Never(StopCheck):
@@ -88,6 +96,8 @@ class Deferred(StopCheck):
 class PingPong(StopCheck):
     """The post's two-stream interleaving: step i on stream i % 2, the host reads step i-1's flag."""
 
+    requires_cuda = True
+
     def __init__(self, stop_flag: torch.Tensor) -> None:
         super().__init__(stop_flag)
         if stop_flag.device.type != "cuda":
@@ -117,5 +127,3 @@ class PingPong(StopCheck):
         for stream in self.streams:
             self.caller.wait_stream(stream)
 
-
-STOP_CHECKS = {"every_step": EveryStep, "pingpong": PingPong, "deferred": Deferred, "every_k": EveryK, "never": Never}

@@ -1,17 +1,16 @@
 """Evidence for the lean step (issue 6): where a decode step's GPU time goes, whether several steps per CUDA
-graph pay, and what skinny.py's matmul and flash_decode.py's attention give.
+graph pay, what skinny.py's matmul gives against cuBLAS, and what fusing c_attn's output into the attention gives.
 
     python -m perf.lean_probe --batch 1 32 --out out/
 
 Kernels per step: CUDA kernels (memcpy/memset excluded) the profiler sees in a compiled, not captured, generation
 of 2 + K steps minus one of 2 steps, divided by K, so the prefill does not count; the same profile gives each
 kernel's GPU time per step. Steps per graph: one captured graph holding S lean steps, replayed N / S times with no
-stop check, against the same N steps as single-step replays; the same with the lean step's projections through
-their modules (cuBLAS) instead of skinny.py, with its attention as reductions instead of flash_decode.py, and
-without fused_qkv (GPT-2's K/V cache writes and q as kernels of their own before the attention kernel, instead of
-c_attn's output or partial sums straight into it).
-Whole calls: lean_graph as the main job times it, with its prefill captured in a CUDA graph (the default) or run
-eagerly, calls of the two alternating.
+stop check, against the same N steps as single-step replays; the same without fused_qkv (GPT-2's K/V cache writes
+and q as kernels of their own before the attention kernel, instead of c_attn's output or partial sums straight
+into it).
+Whole calls: lean_graph and cuda_graph_deferred (the same CUDA graph and stop check over Hugging Face's forward) as
+the main job times them, calls of the two alternating.
 GEMMs: GPT-2 small's four layer projections at M = batch rows, each shape as one graph of 12 calls over the 12
 layers' own weights (distinct tensors, so L2 holds none of them between calls), replayed; cuBLAS as the model calls
 it (addmm on the [in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and
@@ -28,12 +27,25 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from generators import Generator, bench, loop, models, release_sessions, skinny
+from generators import COMPILE, GENERATORS, Generator, bench, caches, loop, models, release_sessions, skinny
+from generators.decoding import Decoding
+from generators.execution import capture
+from generators.lean import LeanModel
+from generators.timer import cuda_seconds
 
 COMPILED = {
-    "hf": Generator("static_compiled", "", execution="compile"),
-    "lean": Generator("lean_compiled", "", forward="lean", execution="compile"),
+    "hf": GENERATORS["static_compiled"],
+    "lean": Generator("lean_compiled", "lean forward, compiled step", cache=caches.LeanKV, execution=COMPILE),
 }
+
+
+class UnfusedLeanKV(caches.LeanKV):
+    """LeanKV over LeanModel(fused_qkv=False): GPT-2's K/V writes and q as kernels of their own."""
+
+    def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
+        super().__init__(model, d)
+        self.lean = LeanModel(model, fused_qkv=False)
+        self.caches = self.lean.new_cache(*d.tokens.shape)
 
 
 def _kernels(g: Generator, model: torch.nn.Module, ids: torch.Tensor, n: int) -> list:
@@ -72,15 +84,8 @@ def step_profile(g: Generator, model: torch.nn.Module, batch: int, k: int = 10, 
 
 def _graph_us(calls: list, reps: int = 20) -> float:
     """Median us per call of `calls` captured in one graph and replayed."""
-    graph = loop.capture(lambda: [c() for c in calls])
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    graph = capture(lambda: [c() for c in calls])
+    times = [cuda_seconds(graph.replay) * 1e6 / len(calls) for _ in range(reps)]
     return sorted(times)[len(times) // 2]
 
 
@@ -99,7 +104,8 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
         }
         nbytes = mods[0].weight.numel() * mods[0].weight.element_size()
         k, n = mods[0].weight.shape
-        shape = f"{name} {(k, n)} plan {skinny.plan(rows, n, k, skinny._sm_count(x.device))}"
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        shape = f"{name} {(k, n)} plan {skinny.plan(rows, n, k, sms)}"
         out[shape] = {}
         for arm, calls in arms.items():
             us = _graph_us(calls)
@@ -108,50 +114,42 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
     return out
 
 
-def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int], **lean_flags: bool
-                    ) -> dict[int, float]:
-    """Median ms of n lean steps as n / s replays of a graph holding s steps; lean_flags set LeanModel's
-    skinny_matmul / flash_attention / fused_qkv (before the first trace: dynamo guards on them)."""
+def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int],
+                    cache: type[caches.Cache] = caches.LeanKV) -> dict[int, float]:
+    """Median ms of n lean steps (compiled, no stop check) as n / s replays of a graph holding s steps."""
     ids = bench.post_prompt(model, batch, "cuda")
-    session = loop.LeanSession(model, ids, n + max(s_values), None, None, "compile")
-    for flag, value in lean_flags.items():
-        setattr(session.lean, flag, value)
+    session = loop.Session(cache, COMPILE, model, ids, n + max(s_values), None, None)
     out = {}
     for s in s_values:
-        session.reset(ids)  # capture() runs loop.CAPTURE_WARMUP steps: n + max(s) leaves room for them
+        session.reset(ids)  # capture() runs execution.CAPTURE_WARMUP steps: n + max(s) leaves room for them
         session.prefill()
-        graph = loop.capture(session.step, s)
+        graph = capture(session.step, s)
+
+        def replays(graph: torch.cuda.CUDAGraph = graph, s: int = s) -> None:
+            for _ in range(n // s):
+                graph.replay()
+
         times = []
         for _ in range(7):
             session.reset(ids)
             session.prefill()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n // s):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(1e3 * cuda_seconds(replays))
         out[s] = sorted(times)[len(times) // 2]
     return out
 
 
-def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9) -> dict[str, float]:
-    """Median ms of lean_graph's whole call as the main job times it (bench.timed_call: input checks, reset,
-    prefill, n - 1 step replays with the deferred stop check, the trim), prefill captured (the default) or eager;
-    the arms alternate call by call, each with its own session, so drift in the machine hits both alike."""
+def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9,
+                  arms: tuple[str, ...] = ("lean_graph", "cuda_graph_deferred")) -> dict[str, float]:
+    """Median ms of whole calls as the main job times them (bench.timed_call: input checks, reset, prefill, n - 1
+    step replays with the stop check, the trim); the arms alternate call by call, so drift in the machine hits them
+    alike. Each arm keeps its session (loop.MAX_SESSIONS holds two)."""
     ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
-    arms = {"prefill captured": True, "prefill eager": False}
-    sessions, times = {}, {arm: [] for arm in arms}
+    release_sessions()
+    times = {arm: [] for arm in arms}
     for _ in range(reps + 1):  # the first round warms up (compile, capture)
-        for arm, captured in arms.items():
-            loop.LeanSession.capture_prefill = captured
-            loop._SESSIONS.clear()  # release_sessions() without dropping the other arm's session, kept here
-            loop._SESSIONS.update(sessions.get(arm, {}))
-            elapsed, _ = bench.timed_call("lean_graph", model, ids, n, eos)
-            sessions[arm] = dict(loop._SESSIONS)
+        for arm in arms:
+            elapsed, _ = bench.timed_call(arm, model, ids, n, eos)
             times[arm].append(elapsed * 1e3)
-    loop.LeanSession.capture_prefill = True
     release_sessions()
     return {arm: round(sorted(t[1:])[reps // 2], 2) for arm, t in times.items()}
 
@@ -170,14 +168,10 @@ def main() -> None:
     for batch in args.batch:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
         row = {"batch": batch,
-               "ms per lean_graph call, 100 new tokens": generation_ms(model, batch, 100),
+               "ms per call, 100 new tokens": generation_ms(model, batch, 100),
                "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, args.steps_per_graph),
-               "ms per 96 lean steps, projections through cuBLAS": steps_per_graph(model, batch, 96, [1],
-                                                                                  skinny_matmul=False),
-               "ms per 96 lean steps, attention as reductions": steps_per_graph(model, batch, 96, [1],
-                                                                                flash_attention=False),
                "ms per 96 lean steps, K/V writes and q as kernels of their own": steps_per_graph(
-                   model, batch, 96, [1], fused_qkv=False)}
+                   model, batch, 96, [1], UnfusedLeanKV)}
         release_sessions()
         row["gemm_us"] = gemm_table(model, batch)
         for label, g in {} if args.no_profile else COMPILED.items():

@@ -1,10 +1,13 @@
-"""lean_probe's per-step kernel table on synthetic profiler events (the probe itself needs a GPU)."""
+"""lean_probe's per-step kernel table on synthetic profiler events, and its unfused lean cache policy on CPU (the
+probe itself needs a GPU)."""
 
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from perf.lean_probe import per_step
+from generators import EAGER, Generator, generate, loop, models
+from perf.lean_probe import UnfusedLeanKV, per_step
 
 
 def events(*named_us: tuple[str, float]) -> list[SimpleNamespace]:
@@ -25,3 +28,12 @@ def test_per_step_counts_only_the_decode_steps() -> None:
 def test_per_step_keeps_kernels_that_appear_only_in_decode_steps() -> None:
     table = per_step(events(("a", 4.0), ("b", 2.0), ("b", 2.0)), events(("a", 4.0)), 2)
     assert table == {"b": {"launches": 1.0, "us": 2.0}}
+
+
+def test_unfused_lean_cache_is_a_variant_like_any_other() -> None:
+    """The probe's UnfusedLeanKV is a cache policy a Generator takes in one line: naive's tokens, fused_qkv off."""
+    model = models.build("tiny-gpt2")
+    ids = torch.randint(0, model.config.vocab_size, (3, 5), generator=torch.Generator().manual_seed(0))
+    out = Generator("lean_unfused", "", cache=UnfusedLeanKV)(model, ids, 8, eos_token_id=7)
+    assert torch.equal(out, generate("naive", model, ids, 8, eos_token_id=7))
+    assert not loop.Session(UnfusedLeanKV, EAGER, model, ids, 8, None, None).cache.lean.fused_qkv
