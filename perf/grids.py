@@ -11,7 +11,7 @@ GRIDS = {
     + [(v, 32, 100, "bfloat16") for v in ["naive", *FASTEST]],
     "gate": [(v, b, n, "float32") for b, n in [(32, 100), (1, 100)] for v in GENERATORS],
     "smoke": [(v, b, n, "float32") for b, n in [(2, 8), (4, 16)]
-              for v, g in GENERATORS.items() if not g.requires_cuda and g.execution == "eager"],
+              for v, g in GENERATORS.items() if g.runs_on_cpu],
 }
 
 

@@ -36,7 +36,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def klass_of(variant: str) -> str:
     """CUDA-graph loops are bound by the GPU, the others by the host's launches: their bands differ."""
-    return gate.DEVICE if GENERATORS[variant].execution == "cuda_graph" else gate.HOST
+    return gate.DEVICE if GENERATORS[variant].captured else gate.HOST
 
 
 def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str, batch: int, new_tokens: int,
