@@ -64,12 +64,12 @@ class NvtxProfiler(Profiler):
 
 
 class TraceProfiler(Profiler):
-    """torch.profiler over decode steps [start, stop) of one generation, each step in a "decode step i" range and
-    its forward and stop check in ranges of their own.
+    """torch.profiler over decode steps [start, stop) of one generation, each step in a "decode step i" range.
 
-    The profiler's schedule follows the loop's steps: it warms up (CUPTI's set-up) in step start - 1, so that cost
-    lands outside the window, and stops at step stop. After step stop - 1's range closes, the device is synchronised,
-    so every kernel the window launched has run and is in the trace, and the wait lies outside the window.
+    The profiler moves only at the window's edges, so the steps inside pay for nothing but their range and the
+    profiler's own per-op recording: it warms up (CUPTI's set-up) at step start - 1, starts recording at step
+    start and stops at step stop. After step stop - 1's range closes, the device is synchronised, so every kernel
+    the window launched has run and is in the trace, and that wait lies outside the window.
     """
 
     def __init__(self, window: tuple[int, int], cuda: bool, on_trace_ready: Callable[[object], None]) -> None:
@@ -80,22 +80,18 @@ class TraceProfiler(Profiler):
         activities = [torch.profiler.ProfilerActivity.CPU]
         if cuda:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self.profile = torch.profiler.profile(
-            activities=activities, on_trace_ready=on_trace_ready,
-            schedule=torch.profiler.schedule(wait=start - 1, warmup=1, active=stop - start, repeat=1))
+        self.profile = torch.profiler.profile(activities=activities, on_trace_ready=on_trace_ready,
+                                              schedule=_edges)  # profile.step() is called at the edges only
         self._step_range: contextlib.AbstractContextManager | None = None
         self._steps_seen = 0
-
-    def range(self, name: str) -> contextlib.AbstractContextManager:
-        return _NULL if self._step_range is None else torch.profiler.record_function(name)
 
     def at_step(self, step: int) -> None:
         if step == 0 and self._steps_seen:
             raise RuntimeError("a TraceProfiler follows the steps of one generation; trace each in its own tracing()")
         self._steps_seen += 1
         self._end_range(settle=step == self.stop)
-        if step > 0:
-            self.profile.step()  # the profiler's step number is the loop's
+        if step in (self.start - 1, self.start, self.stop):
+            self.profile.step()
         if self.start <= step < self.stop:
             self._step_range = torch.profiler.record_function(f"decode step {step}")
             self._step_range.__enter__()
@@ -110,6 +106,13 @@ class TraceProfiler(Profiler):
         self._step_range = None
         if settle and self.cuda:
             torch.cuda.synchronize()
+
+
+def _edges(count: int) -> torch.profiler.ProfilerAction:
+    """TraceProfiler's schedule by the profiler's step count, advanced at decode steps start - 1 (1), start (2) and
+    stop (3): the trace goes to on_trace_ready when RECORD_AND_SAVE ends."""
+    actions = torch.profiler.ProfilerAction
+    return {1: actions.WARMUP, 2: actions.RECORD_AND_SAVE}.get(count, actions.NONE)
 
 
 _active: Profiler = Profiler()

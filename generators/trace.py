@@ -236,7 +236,7 @@ def trace_results(results: list[dict], variants: set[str], model, out: Path, win
         t = trace_generation(row["variant"], model, b, n, window, path=path)
         row.update({k: t.summary[k] for k in ("gpu_idle_share", "host_wait_us_per_step", "syncs_per_step",
                                               "kernels_per_step", "kernel_us_per_step", "step_us", "idle_window")})
-        row["trace_file"] = str(path) if path.exists() else None
+        row["traced_steps"], row["trace_file"] = t.summary["steps"], str(path) if path.exists() else None
         by_point.setdefault((b, n), []).append(t)
         print(f"# trace {t.variant} b={b} n={n}: {describe(t)}", flush=True)
     for (b, n), traces in by_point.items():
