@@ -262,6 +262,13 @@ def test_a_trace_profiler_follows_one_generation() -> None:
     assert type(profiling.current()) is profiling.Profiler
 
 
+@pytest.mark.parametrize("window, steps", [((3, 50), [3, 4, 5, 6, 7]), ((1, 2), [1]), ((20, 30), [])])
+def test_a_window_past_the_last_step_ends_with_the_generation(window: tuple[int, int], steps: list[int]) -> None:
+    model = models.build("tiny-gpt2", device="cpu")
+    t = trace_generation("kv_static", model, 2, 8, window=window, warmup=0)
+    assert sorted(e.step for e in t.events if e.kind == STEP) == steps and t.summary["steps"] == len(steps)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant, syncs", [("kv_static", 1), ("cuda_graph", 1), ("cuda_graph_deferred", 1)])
 def test_trace_on_cuda(variant: str, syncs: int, device: torch.device, tmp_path) -> None:
