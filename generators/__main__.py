@@ -3,6 +3,7 @@
     python -m generators                      # GPU: GPT-2 small, the post's grid; CPU: tiny model, small grid
     python -m generators --expandable-segments --variants naive,kv_dynamic
     python -m generators --profile-steps 30:50  # NVTX ranges + an nsys capture window (see profiling.py)
+    python -m generators --trace 30:50          # GPU idle, host waits, kernels per step; trace JSON, timeline PNG
 
 Prints the post's table, checks every variant's tokens against naive, and writes results.json and a PNG plot.
 """
@@ -36,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--expandable-segments", action="store_true",
                    help="PYTORCH_ALLOC_CONF=expandable_segments:True, set before CUDA initialises")
     p.add_argument("--profile-steps", help="START:STOP decode steps to capture for nsys, with NVTX ranges")
+    p.add_argument("--trace", metavar="START:STOP",
+                   help="after the timings, one more generation of each named variant with decode steps START..STOP-1 "
+                        "under torch.profiler: GPU idle share, host wait, kernels per step, a trace JSON and a "
+                        "timeline PNG per grid point (docs/profiling.md)")
     p.add_argument("--out", default="out", help="folder for results.json and tokens_per_s.png (default: out)")
     args = p.parse_args(argv)
     if args.reps < 1 or args.warmup < 0:
@@ -67,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
     import torch
 
-    from . import GENERATORS, bench, models, profiling, report
+    from . import GENERATORS, bench, models, profiling, report, trace
 
+    window = trace.parse_window(args.trace) if args.trace else None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but torch.cuda.is_available() is False")
@@ -125,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if window:  # after every timing: a profiler can leave CUPTI attached, which slows the kernels run after it
+        trace.trace_results(results, requested, model, out, window, f"{model_name} {args.dtype} on "
+                            f"{info.get('gpu', 'cpu')}")
     (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
     report.plot(results, out / "tokens_per_s.png", title=f"{model_name} {args.dtype} on {info.get('gpu', 'cpu')}")
     print(report.table(results))

@@ -1,7 +1,8 @@
 """Grouped bar chart written straight to PNG, using only the standard library (zlib + struct).
 
 The benchmark's main job plots tokens/s by variant and batch size on machines where matplotlib/PIL may
-not be installed; a tiny rasterizer with a built-in bitmap font is all such a chart needs.
+not be installed; a tiny rasterizer with a built-in bitmap font is all such a chart needs. timeline.py draws its
+decode-step timelines with the same Canvas.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ _BOX = bytes.fromhex("1F11111111111F")  # unknown characters stay visible instea
 _DESCENDERS = "gpqy"  # drawn 2 rows lower so their tails hang below the baseline
 
 
-def _text_w(s: str, scale: int) -> int:
+def text_width(s: str, scale: int) -> int:
     return max(0, len(s) * 6 * scale - scale)
 
 
-class _Canvas:
+class Canvas:
     """RGB pixel buffer with clipped rectangle fills, bitmap text and PNG encoding."""
 
     def __init__(self, w: int, h: int) -> None:
@@ -104,7 +105,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _axis(values: list[float], log_y: bool) -> tuple[float, float, list[float]]:
+def axis(values: list[float], log_y: bool) -> tuple[float, float, list[float]]:
     """Axis range (lo, hi) and ~5 round tick values covering every value."""
     if log_y:
         lo_e = math.ceil(math.log10(min(values))) - 1 if values else 0  # min never sits on the axis
@@ -138,18 +139,18 @@ def write_bar_chart(path: str | os.PathLike, title: str, groups: list[str],
                 bound = "> 0" if log_y else ">= 0"
                 raise ValueError(f"series {name!r}: value {v!r} must be a finite number {bound}")
     values = [float(v) for vals in series.values() for v in vals if v is not None]
-    lo, hi, ticks = _axis(values, log_y)
+    lo, hi, ticks = axis(values, log_y)
     tick_labels = [_fmt(t) for t in ticks]
     names = [n if len(n) <= 30 else n[:28] + ".." for n in series]
 
     # Layout in pixels; text is scale 2 (12 px per character, 14 px tall) unless noted.
     n_g, n_s = len(groups), len(series)
-    left = 16 + 14 + 16 + max(_text_w(t, 2) for t in tick_labels) + 10  # y label, gap, tick labels
+    left = 16 + 14 + 16 + max(text_width(t, 2) for t in tick_labels) + 10  # y label, gap, tick labels
     plot_w = min(max(700, n_g * (n_s * 14 + 30)), 2400)
-    legend_w = 20 + 24 + max(_text_w(n, 2) for n in names) + 20
+    legend_w = 20 + 24 + max(text_width(n, 2) for n in names) + 20
     top, bottom = 64, 56
     plot_h = min(max(440, n_s * 24), 2000)  # tall enough for a one-column legend
-    cv = _Canvas(left + plot_w + legend_w, top + plot_h + bottom)
+    cv = Canvas(left + plot_w + legend_w, top + plot_h + bottom)
     base = top + plot_h  # y of the x axis
 
     def ypix(v: float) -> int:
@@ -160,11 +161,11 @@ def write_bar_chart(path: str | os.PathLike, title: str, groups: list[str],
         y = ypix(t)
         cv.rect(left, y, left + plot_w, y + 1, GRID)
         cv.rect(left - 6, y, left, y + 1, BLACK)
-        cv.text(left - 10 - _text_w(label, 2), y - 7, label, BLACK)
+        cv.text(left - 10 - text_width(label, 2), y - 7, label, BLACK)
 
     group_w = plot_w / n_g
     bar_w = group_w * 0.8 / n_s  # 20% of each group is the gap that separates groups
-    label_scale = 2 if max(_text_w(g, 2) for g in groups) <= group_w - 6 else 1
+    label_scale = 2 if max(text_width(g, 2) for g in groups) <= group_w - 6 else 1
     for gi, group in enumerate(groups):
         x_start = left + gi * group_w + group_w * 0.1
         for si, vals in enumerate(series.values()):
@@ -175,14 +176,14 @@ def write_bar_chart(path: str | os.PathLike, title: str, groups: list[str],
             cv.rect(x0, min(ypix(float(vals[gi])), base - 1), x1 - gap, base, PALETTE[si % len(PALETTE)])
         label = group[: max(1, int(group_w // (6 * label_scale)))]
         cx = round(left + (gi + 0.5) * group_w)
-        cv.text(cx - _text_w(label, label_scale) // 2, base + 12, label, BLACK, label_scale)
+        cv.text(cx - text_width(label, label_scale) // 2, base + 12, label, BLACK, label_scale)
 
     cv.rect(left - 1, top, left, base + 1, BLACK)  # axes drawn last so bars never cover them
     cv.rect(left - 1, base, left + plot_w, base + 1, BLACK)
 
-    t_scale = 3 if _text_w(title, 3) <= cv.w - 20 else 2
-    cv.text((cv.w - _text_w(title, t_scale)) // 2, 20, title, BLACK, t_scale)
-    cv.text(16, top + (plot_h + _text_w(y_label, 2)) // 2, y_label, BLACK, 2, vertical=True)
+    t_scale = 3 if text_width(title, 3) <= cv.w - 20 else 2
+    cv.text((cv.w - text_width(title, t_scale)) // 2, 20, title, BLACK, t_scale)
+    cv.text(16, top + (plot_h + text_width(y_label, 2)) // 2, y_label, BLACK, 2, vertical=True)
 
     lx = left + plot_w + 20
     for si, name in enumerate(names):

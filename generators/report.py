@@ -8,7 +8,8 @@ from .plot import write_bar_chart
 
 MiB = 2**20
 COLUMNS = ["variant", "batch", "new tokens", "mean ms", "std ms", "min ms", "max ms", "tokens/s", "vs naive",
-           "MB/step", "floor ms", "of floor", "peak alloc MiB", "reserved MiB", "fragmentation", "same tokens"]
+           "MB/step", "floor ms", "of floor", "GPU idle", "peak alloc MiB", "reserved MiB", "fragmentation",
+           "same tokens"]
 
 
 def _mib(v: int | None) -> str:
@@ -23,8 +24,8 @@ def table(results: list[dict]) -> str:
     """One markdown table, grouped by grid point; speedup is against naive at the same point.
 
     MB/step, floor ms and "of floor" are bench.roofline()'s: the bytes a step must move, the time that takes at
-    the card's copy bandwidth, and the share of that limit the variant reaches. Rows from older results
-    without them show "-".
+    the card's copy bandwidth, and the share of that limit the variant reaches. GPU idle is trace.py's share of a
+    traced window with nothing running on the device (--trace on CUDA). Rows without them show "-".
     """
     naive = {(r["batch"], r["max_new_tokens"]): r["median_ms"] for r in results if r["variant"] == "naive"}
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -37,7 +38,7 @@ def table(results: list[dict]) -> str:
             f"{r['mean_ms']:.1f}", f"{r['std_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
             f"{r['tokens_per_s']:,.0f}", "-" if base is None else f"{base / r['median_ms']:.2f}x",
             _fmt(None if step_bytes is None else step_bytes / 1e6, ",.2f"), _fmt(r.get("floor_ms"), ",.2f"),
-            _fmt(r.get("bandwidth_utilisation"), ".1%"),
+            _fmt(r.get("bandwidth_utilisation"), ".1%"), _fmt(r.get("gpu_idle_share"), ".1%"),
             _mib(r["peak_allocated"]), _mib(r["peak_reserved"]), "-" if frag is None else f"{frag:.1%}",
             "yes" if r["same_tokens_as_naive"] else "NO",
         ]
