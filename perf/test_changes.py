@@ -1,0 +1,51 @@
+"""The real-change kit (perf/changes.py): every patch still applies to this tree, and the table's bookkeeping."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from . import changes, gate
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None or not (changes.ROOT / ".git").exists(),
+                               reason="needs git and a checkout")
+
+
+@needs_git
+@pytest.mark.parametrize("change", changes.CHANGES, ids=lambda c: c.name)
+def test_each_change_still_applies_to_this_tree(change: changes.Change) -> None:
+    # A patch that no longer applies proves nothing about the gate: refresh it with the code it patches.
+    patch = changes.PATCHES / f"{change.name}.patch"
+    result = subprocess.run(["git", "-C", str(changes.ROOT), "apply", "--check", str(patch)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("+++ b/generators/") for line in patch.read_text().splitlines()), patch
+
+
+def verdict(name: str, klass: str, ratio: float, status: str, memory: float | None = None) -> gate.Verdict:
+    mem = None if memory is None else (gate.MEMORY_REGRESSED if memory > 1.05 else gate.MEMORY_OK)
+    return gate.Verdict(name, status, klass, ratio, ratio, ratio, 0.02, "default", memory, 0, mem, 15)
+
+
+def test_the_table_counts_required_flags_and_false_alarms() -> None:
+    wait = changes.CHANGES[0]  # touches cuda_graph_deferred and lean_graph
+    results = [
+        (wait, "cuda_graph_deferred", verdict("test_generate[cuda_graph_deferred-b32-n100-float32]", gate.DEVICE,
+                                              1.05, gate.REGRESSED)),
+        (wait, "lean_graph", verdict("test_generate[lean_graph-b1-n100-float32]", gate.DEVICE, 1.04,
+                                     gate.WITHIN_NOISE)),  # past the bar, missed
+        (wait, "lean_graph", verdict("test_generate[lean_graph-b32-n100-float32]", gate.DEVICE, 1.01,
+                                     gate.WITHIN_NOISE)),  # under the bar: either verdict is fine
+        (wait, "cuda_graph", verdict("test_generate[cuda_graph-b1-n100-float32]", gate.DEVICE, 1.0,
+                                     gate.REGRESSED)),  # untouched: a false alarm
+        (wait, "static_compiled", verdict("test_generate[static_compiled-b1-n100-float32]", gate.HOST, 1.0,
+                                          gate.WITHIN_NOISE, memory=1.2)),  # untouched, memory alarm
+    ]
+    text, tally = changes.table(results)
+    assert tally == {"flag": 2, "flagged": 1, "quiet": 2, "false_alarms": 2}
+    lines = text.splitlines()[2:]
+    assert lines[0].endswith("| regressed | yes (flag) |") and lines[1].endswith("| NO (flag) |")
+    assert lines[2].endswith("| yes (either) |") and lines[3].endswith("| NO (quiet) |")
+    assert "| host_wait_per_step | cuda_graph_deferred-b32-n100-float32 | yes | +5.0% |" in lines[0]
