@@ -5,7 +5,8 @@ both, so the naive and hf_generate cases also prove that the oracles agree. Equa
 rationed near-ties of ties.py. Where the two oracles emit the same tokens (nearly always), the variant is compared
 once, so its steps and near-ties count once against the ration. On CPU, generators that need CUDA are skipped
 (gpu marker) and so are our compiled ones (they would compile for every drawn shape); on a GPU, every generator
-that compiles draws its shape from three fixed ones.
+that compiles draws its shape from three fixed ones. The lean step's generators draw from every Llama-family model
+it implements (LEAN_FAMILIES), and test_lean_step_on_every_family runs each of those models, in every dtype, once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from correctness.contract import assert_contract
-from correctness.strategies import COMPILED_SHAPES, Example, examples, oracle
+from correctness.strategies import (
+    COMPILED_SHAPES,
+    FAMILIES,
+    LEAN_FAMILIES,
+    VOCAB,
+    Example,
+    dtypes_for,
+    examples,
+    oracle,
+)
 from correctness.ties import TieLedger, assert_same_tokens
 from generators import GENERATORS, Generator
 
@@ -63,6 +73,26 @@ def test_agreeing_oracles_are_compared_once() -> None:
 @given(data=st.data())
 def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger, data: st.DataObject
                                    ) -> None:
-    shapes = COMPILED_SHAPES if compiles(GENERATORS[name], device) else None
-    example = data.draw(examples(device, shapes), label="example")
+    g = GENERATORS[name]
+    shapes = COMPILED_SHAPES if compiles(g, device) else None
+    example = data.draw(examples(device, shapes, LEAN_FAMILIES if g.forward == "lean" else FAMILIES), label="example")
     assert_matches_oracles(name, example, tie_ledger)
+
+
+LEAN = [pytest.param(n, marks=marks(g), id=n) for n, g in GENERATORS.items() if g.forward == "lean"]
+
+
+@pytest.mark.parametrize("family", LEAN_FAMILIES)
+@pytest.mark.parametrize("name", LEAN)
+def test_lean_step_on_every_family(name: str, family: str, device: torch.device, tie_ledger: TieLedger) -> None:
+    """Each model the lean step implements, in each dtype, on one fixed example in one of the compiled shapes:
+    three rows, one of which stops at an EOS that the others never emit (Hypothesis above spreads its examples
+    over the families; this makes sure none is left out)."""
+    batch, prompt_len, max_new_tokens = COMPILED_SHAPES[1]
+    gen = torch.Generator().manual_seed(LEAN_FAMILIES.index(family))
+    prompts = tuple(map(tuple, torch.randint(0, VOCAB, (batch, prompt_len), generator=gen).tolist()))
+    for dtype in dtypes_for(device):
+        free = Example(family, 0, dtype, str(device), prompts, max_new_tokens)
+        rows = oracle("naive", free)[:, prompt_len:].tolist()
+        eos = next((t for t in rows[0] if all(t not in row for row in rows[1:])), None)
+        assert_matches_oracles(name, free.with_eos("one_row", eos), tie_ledger)
