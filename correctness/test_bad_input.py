@@ -99,12 +99,43 @@ def test_input_ids_on_another_device(name: str, device: torch.device) -> None:
         generate(name, contract_model(device), prompts("cpu"), 4)
 
 
+def _tiny(config_cls: type, model_cls: type, **overrides: object) -> torch.nn.Module:
+    config = config_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=1, vocab_size=64, max_position_embeddings=64, **overrides)
+    return model_cls(config).eval()
+
+
 def test_lean_forward_rejects_a_model_it_does_not_implement() -> None:
-    # Mistral has Llama's layout but sliding-window attention; the lean step must refuse it, not run it wrong.
+    # Gemma has Llama's layout, but scales its embeddings and norms by (1 + weight): the lean step must refuse it
+    # by name, not run it wrong.
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    model = _tiny(GemmaConfig, GemmaForCausalLM, head_dim=16)
+    with pytest.raises(ValueError, match="lean step supports gpt2, llama, mistral, qwen2, qwen3, phi3.*'gemma'"):
+        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)
+
+
+# RoPE types whose frequencies follow the sequence length: one table for every position cannot follow them.
+@pytest.mark.parametrize(("family", "rope"), [
+    ("llama", {"rope_type": "dynamic", "factor": 2.0}),
+    ("phi3", {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+              "original_max_position_embeddings": 32}),
+])
+def test_lean_forward_rejects_a_rope_type_it_does_not_implement(family: str, rope: dict) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Phi3Config, Phi3ForCausalLM)
+    model = _tiny(config_cls, model_cls, rope_parameters={"rope_theta": 10000.0, **rope}, pad_token_id=None)
+    with pytest.raises(ValueError, match=f"does not implement rope type '{rope['rope_type']}'"):
+        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)
+
+
+def test_lean_forward_rejects_a_cache_longer_than_the_sliding_window() -> None:
+    """A window of 8 positions: 3 + 5 fit it, 3 + 6 do not (the window would cut position 0 off)."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           num_key_value_heads=1, vocab_size=64, max_position_embeddings=64)
-    model = MistralForCausalLM(config).eval()
-    with pytest.raises(ValueError, match="lean step supports gpt2, llama.*'mistral'"):
-        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)
+    model = _tiny(MistralConfig, MistralForCausalLM, sliding_window=8)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate("lean_eager", model, ids, 5), generate("naive", model, ids, 5))
+    with pytest.raises(ValueError, match=r"9-position cache is longer than this model's sliding_window \(8\)"):
+        generate("lean_eager", model, ids, 6)
