@@ -99,7 +99,7 @@ def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, comp
 
 # tiny-llama's step is tiny-mistral's with other shapes (the GPU suite runs it through the kernels).
 @pytest.mark.parametrize("family", ["tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"])
-def test_lean_step_through_the_kernels_on_every_family(device: torch.device, family: str,
+def test_llama_family_step_through_the_kernels(device: torch.device, family: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A Llama-family prefill and decode steps as the GPU runs them (skinny.py's matmul for every projection, this
     module's attention) against the same steps through the modules and reductions: same tokens, logits and caches
