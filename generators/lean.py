@@ -67,6 +67,7 @@ class LeanModel(nn.Module):
         self.n_head = config.num_attention_heads
         self.n_kv_head, self.head_dim = kv_heads_and_dim(config)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sliding_window: int | None = None
         if kind == "gpt2":
             if config.reorder_and_upcast_attn:
                 raise ValueError("the lean step does not implement GPT-2's reorder_and_upcast_attn")
@@ -85,7 +86,7 @@ class LeanModel(nn.Module):
                 raise ValueError(f"the lean step does not implement layer types {sorted(unknown)}")
             # Mistral and Phi-3 apply it to every layer; Qwen2/3 set it only with use_sliding_window, and then to
             # some layers: either way a cache no longer than the window never meets it (new_cache checks).
-            self.sliding_window: int | None = getattr(config, "sliding_window", None)
+            self.sliding_window = getattr(config, "sliding_window", None)
             self.layers = model.model.layers
             self.scales = [layer.self_attn.scaling for layer in self.layers]
 
@@ -99,7 +100,7 @@ class LeanModel(nn.Module):
 
     def new_cache(self, batch: int, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Zeroed K and V per layer. Zeros, not empty: masked positions get weight 0, and 0 * NaN is NaN."""
-        if self.kind != "gpt2" and self.sliding_window is not None and max_len > self.sliding_window:
+        if self.sliding_window is not None and max_len > self.sliding_window:
             raise ValueError(f"the lean step attends over the whole cache: a {max_len}-position cache is longer than "
                              f"this model's sliding_window ({self.sliding_window}), which would bind")
         shape = (batch, self.n_kv_head, max_len, self.head_dim)
