@@ -99,19 +99,21 @@ def test_lean_step_on_every_family(name: str, family: str, device: torch.device,
         assert_matches_oracles(name, free.with_eos("one_row", eos), tie_ledger)
 
 
-# The RoPE types lean.py implements besides the default (lean.STATIC_ROPE), each with its own parameters. llama3's and
-# yarn's original_max_position_embeddings lie inside the generated length, so their scaled bands are all used.
-STATIC_ROPES = {
+# The RoPE types lean.py implements besides the default (lean.STATIC_ROPE, and dynamic of LENGTH_DEPENDENT_ROPE), each
+# with its own parameters. llama3's and yarn's original_max_position_embeddings lie inside the generated length, so
+# their scaled bands are all used. (longrope: test_bad_input, at its limit.)
+ROPES = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},  # scales cos/sin too
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},  # the original frequencies within max_position_embeddings
 }
 
 
-@pytest.mark.parametrize("rope", STATIC_ROPES)
+@pytest.mark.parametrize("rope", ROPES)
 def test_lean_step_with_a_scaled_rope(rope: str, device: torch.device, tie_ledger: TieLedger) -> None:
-    """lean_eager on a tiny Llama with each scaled RoPE type: the cos/sin table is the model's own rotary module's,
+    """lean_eager on a tiny Llama with each other RoPE type: the cos/sin table is the model's own rotary module's,
     so it must match naive and generate() as the default does."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -119,7 +121,7 @@ def test_lean_step_with_a_scaled_rope(rope: str, device: torch.device, tie_ledge
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256,
                          initializer_range=TINY_INIT, bos_token_id=0, eos_token_id=0,
-                         rope_parameters={"rope_theta": 10000.0, **STATIC_ROPES[rope]})
+                         rope_parameters={"rope_theta": 10000.0, **ROPES[rope]})
     model = LlamaForCausalLM(config).to(device).eval()
     assert model.model.rotary_emb.rope_type == rope
     ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(0)).to(device)

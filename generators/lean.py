@@ -21,8 +21,9 @@ The Llama family differs in a few places, each taken from the model's own module
 projection's bias is added), Qwen3's per-head q/k RMSNorm before RoPE (``q_norm``, ``k_norm``), Phi-3's fused
 ``qkv_proj`` and ``gate_up_proj`` (split as its modules split them) and partial rotary (the first
 ``partial_rotary_factor * head_dim`` dims rotate). RoPE's cos/sin come from the model's rotary module, once for
-every position, so only rope types whose frequencies are fixed at init are exact here (STATIC_ROPE); a sliding
-window (Mistral, Qwen2, Phi-3 configs) is refused where it would bind, i.e. for a cache longer than the window.
+every position: exact for rope types whose frequencies are fixed at init (STATIC_ROPE), and for dynamic and
+longrope up to the length where they would change (LENGTH_DEPENDENT_ROPE). A sliding window (Mistral, Qwen2,
+Phi-3 configs) is refused where it would bind, i.e. for a cache longer than the window.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from torch import nn
 from . import flash_decode, skinny
 
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3")
-# RoPE types whose inverse frequencies are fixed when the rotary module is built. "dynamic" and "longrope" change
-# them with the sequence length seen by each forward (transformers' dynamic_rope_update), which one table for
-# every position cannot follow.
+# RoPE types whose inverse frequencies are fixed when the rotary module is built.
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+# RoPE types whose frequencies follow the longest sequence a forward sees (transformers' dynamic_rope_update): the
+# original ones up to the model's original length, others past it, which one table for every position cannot
+# follow. The lean step runs them up to that length (new_cache refuses longer caches), e.g. Phi-3-mini-128k's and
+# Phi-4-mini's longrope up to 4096 positions.
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
 def kv_heads_and_dim(config: object) -> tuple[int, int]:
@@ -68,6 +72,7 @@ class LeanModel(nn.Module):
         self.n_kv_head, self.head_dim = kv_heads_and_dim(config)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sliding_window: int | None = None
+        self.rope_limit: int | None = None  # the longest cache whose RoPE table one call of the rotary module gives
         if kind == "gpt2":
             if config.reorder_and_upcast_attn:
                 raise ValueError("the lean step does not implement GPT-2's reorder_and_upcast_attn")
@@ -77,10 +82,14 @@ class LeanModel(nn.Module):
         else:
             attn = model.model.layers[0].self_attn
             self.head_dim = attn.head_dim  # the module's own: Qwen3 and Mistral may set head_dim in the config
-            rope_type = model.model.rotary_emb.rope_type
-            if rope_type not in STATIC_ROPE:
-                raise ValueError(f"the lean step does not implement rope type {rope_type!r}; it implements "
-                                 f"{', '.join(STATIC_ROPE)}, whose frequencies are fixed when the model is built")
+            rotary = model.model.rotary_emb
+            if rotary.rope_type not in STATIC_ROPE + LENGTH_DEPENDENT_ROPE:
+                raise ValueError(f"the lean step does not implement rope type {rotary.rope_type!r}; it implements "
+                                 f"{', '.join(STATIC_ROPE + LENGTH_DEPENDENT_ROPE)}")
+            if rotary.rope_type == "longrope":  # where dynamic_rope_update switches to the long factors
+                self.rope_limit = config.rope_parameters["original_max_position_embeddings"]
+            elif rotary.rope_type == "dynamic":  # where it starts to grow the frequencies
+                self.rope_limit = rotary.original_max_seq_len
             unknown = set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
             if unknown:
                 raise ValueError(f"the lean step does not implement layer types {sorted(unknown)}")
@@ -103,10 +112,18 @@ class LeanModel(nn.Module):
         if self.sliding_window is not None and max_len > self.sliding_window:
             raise ValueError(f"the lean step attends over the whole cache: a {max_len}-position cache is longer than "
                              f"this model's sliding_window ({self.sliding_window}), which would bind")
+        if self.rope_limit is not None and max_len > self.rope_limit:
+            raise ValueError(f"the lean step computes RoPE once for the whole cache: a {max_len}-position cache is "
+                             f"longer than {self.rope_limit}, past which rope type "
+                             f"{self.hf.model.rotary_emb.rope_type!r} changes its frequencies")
         shape = (batch, self.n_kv_head, max_len, self.head_dim)
         if self.kind != "gpt2":  # RoPE cos/sin for every position, from the model's own rotary module, once
+            rotary = self.hf.model.rotary_emb
             positions = torch.arange(max_len, device=self.device)[None]
-            cos, sin = self.hf.model.rotary_emb(torch.empty(0, device=self.device, dtype=self.dtype), positions)
+            cos, sin = rotary(torch.empty(0, device=self.device, dtype=self.dtype), positions)
+            if not torch.equal(rotary.inv_freq, rotary.original_inv_freq):  # e.g. grown by an earlier long forward
+                raise ValueError(f"the model's rotary module ({rotary.rope_type!r}) no longer has its original "
+                                 "frequencies, which a generation of this length would use")
             self.rope = cos[0], sin[0]
         return [(torch.zeros(shape, device=self.device, dtype=self.dtype),
                  torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in self.layers]
