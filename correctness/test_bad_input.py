@@ -99,12 +99,68 @@ def test_input_ids_on_another_device(name: str, device: torch.device) -> None:
         generate(name, contract_model(device), prompts("cpu"), 4)
 
 
+def _tiny(config_cls: type, model_cls: type, **overrides: object) -> torch.nn.Module:
+    config = config_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=1, vocab_size=64, max_position_embeddings=64, **overrides)
+    return model_cls(config).eval()
+
+
 def test_lean_forward_rejects_a_model_it_does_not_implement() -> None:
-    # Mistral has Llama's layout but sliding-window attention; the lean step must refuse it, not run it wrong.
+    # Gemma has Llama's layout, but scales its embeddings and norms by (1 + weight): the lean step must refuse it
+    # by name, not run it wrong.
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    model = _tiny(GemmaConfig, GemmaForCausalLM, head_dim=16)
+    with pytest.raises(ValueError, match="lean step supports gpt2, llama, mistral, qwen2, qwen3, phi3.*'gemma'"):
+        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)
+
+
+def test_lean_forward_rejects_a_rope_type_it_does_not_implement() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = _tiny(LlamaConfig, LlamaForCausalLM)
+    model.model.rotary_emb.rope_type = "proportional"  # transformers has it (Gemma 4's); lean.py does not
+    with pytest.raises(ValueError, match="does not implement rope type 'proportional'"):
+        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)
+
+
+def test_lean_forward_runs_longrope_up_to_its_original_length() -> None:
+    """Phi-3's longrope switches to its long factors past original_max_position_embeddings (32 here): 3 + 29
+    positions are exact, 3 + 30 are refused."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.5] * 8, "long_factor": [4.0] * 8,
+            "original_max_position_embeddings": 32}
+    # (Phi3Config takes original_max_position_embeddings from its own field, over rope_parameters')
+    model = _tiny(Phi3Config, Phi3ForCausalLM, rope_parameters=rope, original_max_position_embeddings=32,
+                  pad_token_id=None, bos_token_id=0, eos_token_id=0)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    out = generate("lean_eager", model, ids, 29)
+    assert torch.equal(out, generate("naive", model, ids, 29)) and torch.equal(out, generate("hf_generate", model,
+                                                                                             ids, 29))
+    with pytest.raises(ValueError, match=r"33-position cache is longer than 32, past which rope type 'longrope'"):
+        generate("lean_eager", model, ids, 30)
+
+
+def test_lean_forward_rejects_grown_dynamic_rope() -> None:
+    """Dynamic RoPE grows its frequencies after a forward past max_position_embeddings (64 here) and resets them
+    only for a shorter one: a 64-position cache after such a forward would get the grown ones."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = _tiny(LlamaConfig, LlamaForCausalLM, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                   "rope_theta": 10000.0})
+    with torch.inference_mode():
+        model(torch.zeros(1, 1, dtype=torch.long), position_ids=torch.tensor([[100]]))
+    with pytest.raises(ValueError, match="no longer has its original frequencies"):
+        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 61)
+
+
+def test_lean_forward_rejects_a_cache_longer_than_the_sliding_window() -> None:
+    """A window of 8 positions: 3 + 5 fit it, 3 + 6 do not (the window would cut position 0 off)."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           num_key_value_heads=1, vocab_size=64, max_position_embeddings=64)
-    model = MistralForCausalLM(config).eval()
-    with pytest.raises(ValueError, match="lean step supports gpt2, llama.*'mistral'"):
-        generate("lean_eager", model, torch.zeros(1, 3, dtype=torch.long), 4)
+    model = _tiny(MistralConfig, MistralForCausalLM, sliding_window=8)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate("lean_eager", model, ids, 5), generate("naive", model, ids, 5))
+    with pytest.raises(ValueError, match=r"9-position cache is longer than this model's sliding_window \(8\)"):
+        generate("lean_eager", model, ids, 6)

@@ -5,7 +5,8 @@ both, so the naive and hf_generate cases also prove that the oracles agree. Equa
 rationed near-ties of ties.py. Where the two oracles emit the same tokens (nearly always), the variant is compared
 once, so its steps and near-ties count once against the ration. On CPU, generators that need CUDA are skipped
 (gpu marker) and so are our compiled ones (they would compile for every drawn shape); on a GPU, every generator
-that compiles draws its shape from three fixed ones.
+that compiles draws its shape from three fixed ones. The lean step's generators draw from every Llama-family model
+it implements (LEAN_FAMILIES), and test_lean_step_on_every_family runs each of those models, in every dtype, once.
 """
 
 from __future__ import annotations
@@ -16,11 +17,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from correctness.contract import assert_contract
-from correctness.strategies import COMPILED_SHAPES, Example, examples, oracle
+from correctness.strategies import (
+    COMPILED_SHAPES,
+    FAMILIES,
+    LEAN_FAMILIES,
+    VOCAB,
+    Example,
+    dtypes_for,
+    examples,
+    oracle,
+)
 from correctness.ties import TieLedger, assert_same_tokens
-from generators import GENERATORS, Generator, Reference
+from generators import GENERATORS, Generator, Reference, caches, generate
+from generators.models import TINY_INIT
 
 ORACLES = ("naive", "hf_generate")
+
+
+def is_lean(g: Generator | Reference) -> bool:
+    return isinstance(g, Generator) and g.cache is caches.LeanKV
 
 
 def marks(g: Generator | Reference) -> list[pytest.MarkDecorator]:
@@ -63,6 +78,58 @@ def test_agreeing_oracles_are_compared_once() -> None:
 @given(data=st.data())
 def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger, data: st.DataObject
                                    ) -> None:
-    shapes = COMPILED_SHAPES if compiles(GENERATORS[name], device) else None
-    example = data.draw(examples(device, shapes), label="example")
+    g = GENERATORS[name]
+    shapes = COMPILED_SHAPES if compiles(g, device) else None
+    example = data.draw(examples(device, shapes, LEAN_FAMILIES if is_lean(g) else FAMILIES), label="example")
     assert_matches_oracles(name, example, tie_ledger)
+
+
+LEAN = [pytest.param(n, marks=marks(g), id=n) for n, g in GENERATORS.items() if is_lean(g)]
+
+
+@pytest.mark.parametrize("family", LEAN_FAMILIES)
+@pytest.mark.parametrize("name", LEAN)
+def test_lean_step_on_every_family(name: str, family: str, device: torch.device, tie_ledger: TieLedger) -> None:
+    """Each model the lean step implements, in each dtype, on one fixed example in one of the compiled shapes:
+    three rows, one of which stops at an EOS that the others never emit (Hypothesis above spreads its examples
+    over the families; this makes sure none is left out)."""
+    batch, prompt_len, max_new_tokens = COMPILED_SHAPES[1]
+    gen = torch.Generator().manual_seed(LEAN_FAMILIES.index(family))
+    prompts = tuple(map(tuple, torch.randint(0, VOCAB, (batch, prompt_len), generator=gen).tolist()))
+    for dtype in dtypes_for(device):
+        free = Example(family, 0, dtype, str(device), prompts, max_new_tokens)
+        rows = oracle("naive", free)[:, prompt_len:].tolist()
+        eos = next((t for t in rows[0] if all(t not in row for row in rows[1:])), None)
+        assert_matches_oracles(name, free.with_eos("one_row", eos), tie_ledger)
+
+
+# The RoPE types lean.py implements besides the default (lean.STATIC_ROPE, and dynamic of LENGTH_DEPENDENT_ROPE), each
+# with its own parameters. llama3's and yarn's original_max_position_embeddings lie inside the generated length, so
+# their scaled bands are all used. (longrope: test_bad_input, at its limit.)
+ROPES = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},  # scales cos/sin too
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},  # the original frequencies within max_position_embeddings
+}
+
+
+@pytest.mark.parametrize("rope", ROPES)
+def test_lean_step_with_a_scaled_rope(rope: str, device: torch.device, tie_ledger: TieLedger) -> None:
+    """lean_eager on a tiny Llama with each other RoPE type: the cos/sin table is the model's own rotary module's,
+    so it must match naive and generate() as the default does."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256,
+                         initializer_range=TINY_INIT, bos_token_id=0, eos_token_id=0,
+                         rope_parameters={"rope_theta": 10000.0, **ROPES[rope]})
+    model = LlamaForCausalLM(config).to(device).eval()
+    assert model.model.rotary_emb.rope_type == rope
+    ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(0)).to(device)
+    out = generate("lean_eager", model, ids, 24)
+    for oracle_name in ORACLES:
+        assert_same_tokens(generate(oracle_name, model, ids, 24), out, model=model, prompt_len=9, eos=None, pad=None,
+                           label=f"lean_eager vs {oracle_name}, rope {rope}", ledger=tie_ledger)

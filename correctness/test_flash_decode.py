@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("needs_triton")  # every test here runs a T
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("position", [0, 5, 63, 64, 99])  # one slot, within a block, on and past a block edge
-@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])  # llama: grouped-query attention
+# llama: grouped-query attention; mistral: four query heads a K/V head, head_dim 24 (padded to 32); qwen3: head_dim 32
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-qwen3"])
 def test_kernel_matches_the_reductions(device: torch.device, family: str, position: int, dtype: torch.dtype) -> None:
     lean = LeanModel(build(family, device=device))
     torch.manual_seed(position)
@@ -95,3 +96,42 @@ def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, comp
     assert torch.equal(tokens, want_tokens)
     for got, want in zip(caches, want_caches, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# tiny-llama's step is tiny-mistral's with other shapes (the GPU suite runs it through the kernels).
+@pytest.mark.parametrize("family", ["tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"])
+def test_llama_family_step_through_the_kernels(device: torch.device, family: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Llama-family prefill and decode steps as the GPU runs them (skinny.py's matmul for every projection, this
+    module's attention) against the same steps through the modules and reductions: same tokens, logits and caches
+    to fp32 rounding (TF32 off). Covers what each family feeds the kernels (Phi-3's split qkv, partial rotary,
+    Qwen3's head norms, Qwen2's biases added to skinny.py's sums, head_dim 24 and 32)."""
+    from generators import loop, skinny  # noqa: PLC0415
+
+    if device.type != "cuda":  # the interpreter runs the kernels on CPU
+        monkeypatch.setattr(flash_decode, "available", lambda q: True)
+        monkeypatch.setattr(skinny, "available", lambda x: skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS)
+    model = build(family, device=device)  # (sets TF32 on for fp32 matmuls)
+    # Full fp32 on a GPU too: cuBLAS's TF32 and skinny.py's tf32x3 would part by more than the summation order.
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 3), device=device)  # 2 rows: skinny.MIN_ROWS
+
+    def run(kernels: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        lean = LeanModel(model, skinny_matmul=kernels, flash_attention=kernels)
+        d = loop.Decoding.allocate(2, 3, 3, None, None, device)
+        d.reset(ids)
+        caches = lean.new_cache(2, 6)
+        logits = []
+        with torch.inference_mode():
+            logits.append(lean(d.tokens[:, :3], torch.arange(3, device=device), caches))
+            loop.append_token(d, logits[-1])
+            for _ in range(2):
+                logits.append(lean(d.tokens.index_select(1, d.last), d.last, caches))
+                loop.append_token(d, logits[-1])
+        return d.tokens, logits, [t for kv in caches for t in kv]
+
+    (tokens, logits, caches), (want_tokens, want_logits, want_caches) = run(True), run(False)
+    assert torch.equal(tokens, want_tokens)
+    for got, want in zip(logits + caches, want_logits + want_caches, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import torch
 
 from correctness.measure_tau import logits_errors
 from correctness.scenarios import PROMPT_LEN, case, contract_model
-from correctness.strategies import FAMILIES, VOCAB, dtypes_for, get_model
+from correctness.strategies import LEAN_FAMILIES, VOCAB, dtypes_for, get_model
 from correctness.ties import RATIONS, TAU, TieLedger, assert_same_tokens, poisson_bound
 from generators import generate
 
@@ -123,7 +123,7 @@ def test_the_session_ration() -> None:
     assert ledger.allowed(torch.float32) == 10 and ledger.over_ration() == [torch.float32]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", LEAN_FAMILIES)  # every family the suite compares tokens on
 def test_tau_keeps_its_safety_factor(family: str, device: torch.device) -> None:
     """A fresh measurement of the logit error (as measure_tau.py does) stays within TAU / 2: the 4x margin has
     not shrunk below 2x (a new kernel or library version that rounds worse must re-measure TAU)."""
@@ -139,7 +139,7 @@ def test_float32_near_ties_are_rare_on_cpu() -> None:
     """The tiny models' wide init keeps float32 ties rare: few positions have a float64 top-2 gap within TAU."""
     ids = torch.randint(0, VOCAB, (8, 64), generator=torch.Generator().manual_seed(8))
     tau = TAU[("cpu", torch.float32)]
-    for family in FAMILIES:
+    for family in LEAN_FAMILIES:
         *_, exact = logits_errors(get_model(family, 2, torch.float32, "cpu"), ids)
         top2 = exact.topk(2, dim=-1).values
         close = float(((top2[..., 0] - top2[..., 1]) <= tau).double().mean())

@@ -1,5 +1,6 @@
-"""A lean decode step for GPT-2 and Llama-family models: the Hugging Face model's own weights and small modules,
-with the attention, KV cache, LM head, argmax and stop update written for decoding (after gpt-fast).
+"""A lean decode step for GPT-2 and Llama-family models (Llama, Mistral, Qwen2, Qwen3, Phi-3): the Hugging Face
+model's own weights and small modules, with the attention, KV cache, LM head, argmax and stop update written for
+decoding (after gpt-fast).
 
 Why: under a CUDA graph the Hugging Face step still costs ~0.76 ms at batch 1 on an H200 (cache bookkeeping,
 masks built per layer, the whole forward's generality), while reading GPT-2 small's weights takes ~0.12 ms.
@@ -15,6 +16,14 @@ kernels and one CUDA graph replays it:
 - norms and activations are the model's own modules, called as they are; projections read the model's own
   weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows (cuBLAS's split-K
   kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise.
+
+The Llama family differs in a few places, each taken from the model's own modules: Qwen2's q/k/v biases (any
+projection's bias is added), Qwen3's per-head q/k RMSNorm before RoPE (``q_norm``, ``k_norm``), Phi-3's fused
+``qkv_proj`` and ``gate_up_proj`` (split as its modules split them) and partial rotary (the first
+``partial_rotary_factor * head_dim`` dims rotate). RoPE's cos/sin come from the model's rotary module, once for
+every position: exact for rope types whose frequencies are fixed at init (STATIC_ROPE), and for dynamic and
+longrope up to the length where they would change (LENGTH_DEPENDENT_ROPE). A sliding window (Mistral, Qwen2,
+Phi-3 configs) is refused where it would bind, i.e. for a cache longer than the window.
 """
 
 from __future__ import annotations
@@ -25,7 +34,14 @@ from torch import nn
 
 from . import flash_decode, skinny
 
-SUPPORTED = ("gpt2", "llama")
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3")
+# RoPE types whose inverse frequencies are fixed when the rotary module is built.
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+# RoPE types whose frequencies follow the longest sequence a forward sees (transformers' dynamic_rope_update): the
+# original ones up to the model's original length, others past it, which one table for every position cannot
+# follow. The lean step runs them up to that length (new_cache refuses longer caches), e.g. Phi-3-mini-128k's and
+# Phi-4-mini's longrope up to 4096 positions.
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
 def kv_heads_and_dim(config: object) -> tuple[int, int]:
@@ -36,7 +52,8 @@ def kv_heads_and_dim(config: object) -> tuple[int, int]:
 
 
 class LeanModel(nn.Module):
-    """Wraps a GPT2LMHeadModel or LlamaForCausalLM; forward(tokens, positions, caches) -> last logits [B, V]."""
+    """Wraps a GPT2LMHeadModel or a Llama-family *ForCausalLM (SUPPORTED);
+    forward(tokens, positions, caches) -> last logits [B, V]."""
 
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True) -> None:
         super().__init__()
@@ -52,6 +69,8 @@ class LeanModel(nn.Module):
         self.n_head = config.num_attention_heads
         self.n_kv_head, self.head_dim = kv_heads_and_dim(config)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sliding_window: int | None = None
+        self.rope_limit: int | None = None  # the longest cache whose RoPE table one call of the rotary module gives
         if kind == "gpt2":
             if config.reorder_and_upcast_attn:
                 raise ValueError("the lean step does not implement GPT-2's reorder_and_upcast_attn")
@@ -59,9 +78,22 @@ class LeanModel(nn.Module):
             self.scales = [(self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
                            / (i + 1 if config.scale_attn_by_inverse_layer_idx else 1) for i in range(len(self.layers))]
         else:
-            if getattr(config, "sliding_window", None) or getattr(config, "layer_types", None) and any(
-                    t != "full_attention" for t in config.layer_types):
-                raise ValueError("the lean step attends over the whole cache; sliding-window layers are not supported")
+            attn = model.model.layers[0].self_attn
+            self.head_dim = attn.head_dim  # the module's own: Qwen3 and Mistral may set head_dim in the config
+            rotary = model.model.rotary_emb
+            if rotary.rope_type not in STATIC_ROPE + LENGTH_DEPENDENT_ROPE:
+                raise ValueError(f"the lean step does not implement rope type {rotary.rope_type!r}; it implements "
+                                 f"{', '.join(STATIC_ROPE + LENGTH_DEPENDENT_ROPE)}")
+            if rotary.rope_type == "longrope":  # where dynamic_rope_update switches to the long factors
+                self.rope_limit = config.rope_parameters["original_max_position_embeddings"]
+            elif rotary.rope_type == "dynamic":  # where it starts to grow the frequencies
+                self.rope_limit = rotary.original_max_seq_len
+            unknown = set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
+            if unknown:
+                raise ValueError(f"the lean step does not implement layer types {sorted(unknown)}")
+            # Mistral and Phi-3 apply it to every layer; Qwen2/3 set it only with use_sliding_window, and then to
+            # some layers: either way a cache no longer than the window never meets it (new_cache checks).
+            self.sliding_window = getattr(config, "sliding_window", None)
             self.layers = model.model.layers
             self.scales = [layer.self_attn.scaling for layer in self.layers]
 
@@ -75,10 +107,21 @@ class LeanModel(nn.Module):
 
     def new_cache(self, batch: int, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Zeroed K and V per layer. Zeros, not empty: masked positions get weight 0, and 0 * NaN is NaN."""
+        if self.sliding_window is not None and max_len > self.sliding_window:
+            raise ValueError(f"the lean step attends over the whole cache: a {max_len}-position cache is longer than "
+                             f"this model's sliding_window ({self.sliding_window}), which would bind")
+        if self.rope_limit is not None and max_len > self.rope_limit:
+            raise ValueError(f"the lean step computes RoPE once for the whole cache: a {max_len}-position cache is "
+                             f"longer than {self.rope_limit}, past which rope type "
+                             f"{self.hf.model.rotary_emb.rope_type!r} changes its frequencies")
         shape = (batch, self.n_kv_head, max_len, self.head_dim)
-        if self.kind == "llama":  # RoPE cos/sin for every position, from the model's own rotary module, once
+        if self.kind != "gpt2":  # RoPE cos/sin for every position, from the model's own rotary module, once
+            rotary = self.hf.model.rotary_emb
             positions = torch.arange(max_len, device=self.device)[None]
-            cos, sin = self.hf.model.rotary_emb(torch.empty(0, device=self.device, dtype=self.dtype), positions)
+            cos, sin = rotary(torch.empty(0, device=self.device, dtype=self.dtype), positions)
+            if not torch.equal(rotary.inv_freq, rotary.original_inv_freq):  # e.g. grown by an earlier long forward
+                raise ValueError(f"the model's rotary module ({rotary.rope_type!r}) no longer has its original "
+                                 "frequencies, which a generation of this length would use")
             self.rope = cos[0], sin[0]
         return [(torch.zeros(shape, device=self.device, dtype=self.dtype),
                  torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in self.layers]
@@ -109,13 +152,11 @@ class LeanModel(nn.Module):
             cos, sin = (table[positions][None] for table in self.rope)  # [1, T, head_dim]
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a = layer.self_attn
-                x, mlp = layer.input_layernorm(h), layer.mlp
-                q, k = (self._rotate(self._project(p, x), cos, sin) for p in (a.q_proj, a.k_proj))
-                h = h + self._project(a.o_proj, self._attend(q, k, self._project(a.v_proj, x), positions, mask,
-                                                             cache, scale))
-                x = layer.post_attention_layernorm(h)
-                h = h + self._project(mlp.down_proj,
-                                      mlp.act_fn(self._project(mlp.gate_proj, x)) * self._project(mlp.up_proj, x))
+                q, k, v = self._qkv(a, layer.input_layernorm(h))  # [B, T, heads * head_dim] each
+                q = self._rotate(q, cos, sin, getattr(a, "q_norm", None))  # Qwen3 norms q and k per head
+                k = self._rotate(k, cos, sin, getattr(a, "k_norm", None))
+                h = h + self._project(a.o_proj, self._attend(q, k, v, positions, mask, cache, scale))
+                h = h + self._project(layer.mlp.down_proj, self._gated(layer.mlp, layer.post_attention_layernorm(h)))
             h = m.norm(h[:, -1])
         return self.hf.lm_head(h)  # [B, V]: only the last position's logits are ever computed
 
@@ -157,11 +198,33 @@ class LeanModel(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, heads, T, head_dim]
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = self._heads(x)
-        half = x.shape[-1] // 2
+    def _qkv(self, a: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of a Llama-family attention: three projections, or Phi-3's one qkv_proj split as it splits it."""
+        if self.kind != "phi3":
+            return self._project(a.q_proj, x), self._project(a.k_proj, x), self._project(a.v_proj, x)
+        q_width, kv_width = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        return self._project(a.qkv_proj, x).split([q_width, kv_width, kv_width], dim=-1)
+
+    def _gated(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's act(gate) * up, before down_proj: Phi-3's one gate_up_proj split in halves, as Phi3MLP does."""
+        if self.kind != "phi3":
+            return mlp.act_fn(self._project(mlp.gate_proj, x)) * self._project(mlp.up_proj, x)
+        gate, up = self._project(mlp.gate_up_proj, x).chunk(2, dim=-1)
+        return up * mlp.activation_fn(gate)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm: nn.Module | None = None
+                ) -> torch.Tensor:
+        """RoPE on [B, T, heads * head_dim] -> [B, heads, T, head_dim], after the per-head norm if any; with partial
+        rotary (cos narrower than head_dim) only the first dims rotate and the rest pass, as Phi-3 does."""
+        b, t, _ = x.shape
+        x = x.view(b, t, -1, self.head_dim)
+        x = (x if norm is None else norm(x)).transpose(1, 2)  # [B, heads, T, head_dim]
+        rot = cos.shape[-1]
+        x, rest = x[..., :rot], x[..., rot:]
+        half = rot // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # Llama's rotate_half
-        return x * cos[:, None] + rotated * sin[:, None]
+        x = x * cos[:, None] + rotated * sin[:, None]
+        return x if rest.shape[-1] == 0 else torch.cat((x, rest), dim=-1)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                 mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
