@@ -10,9 +10,11 @@ that compiles draws its shape from three fixed ones.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, find, given
 from hypothesis import strategies as st
 
 from correctness.contract import assert_contract
@@ -21,6 +23,17 @@ from correctness.ties import TieLedger, assert_same_tokens
 from generators import GENERATORS, Generator
 
 ORACLES = ("naive", "hf_generate")
+
+# Bugs found on a GPU, replayed on every run and device: the ci profile is derandomized, so it never reads the
+# Hypothesis example database where a GPU run saved them. device "" stands for the device under test.
+GPU_FINDS = (
+    # 1 new token: a CUDA-graph variant's capture warm-up steps ran past the session's token buffer and KV cache
+    # (loop.CAPTURE_ROOM; test_contract's test_generation_shorter_than_the_capture_warm_up tries 1-3).
+    Example("tiny-gpt2", 0, torch.float32, "", ((7, 3, 9, 1), (500, 2, 2, 64), (7, 3, 9, 1)), 1),
+    # Two copies of one prompt tied at gap 1.5e-5 (H200, lean_eager, tiny-llama): one near-tie counted once per
+    # copy filled float32's cap of one tied row per example (perf/evidence/lean_prefill_graph/1_bias_fold).
+    Example("tiny-llama", 2, torch.float32, "", ((1, 1), (1, 1)), 20),
+)
 
 
 def marks(g: Generator) -> list[pytest.MarkDecorator]:
@@ -59,10 +72,20 @@ def test_agreeing_oracles_are_compared_once() -> None:
     assert ledger.steps == {torch.float32: 2 * 6} and ledger.ties == {torch.float32: []}
 
 
+def test_bfloat16_is_drawn_on_cpu_too() -> None:
+    """The main job offers --dtype bfloat16 on CPU, so the suite tests it there (within ties.py's bf16 ration)."""
+    assert find(examples("cpu"), lambda e: e.dtype == torch.bfloat16).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=marks(g), id=n) for n, g in GENERATORS.items()])
 @given(data=st.data())
-def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger, data: st.DataObject
-                                   ) -> None:
-    shapes = COMPILED_SHAPES if compiles(GENERATORS[name], device) else None
-    example = data.draw(examples(device, shapes), label="example")
+@example(data=GPU_FINDS[0])
+@example(data=GPU_FINDS[1])
+def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger,
+                                   data: st.DataObject | Example) -> None:
+    if isinstance(data, Example):  # an explicit @example
+        example = dataclasses.replace(data, device=str(device))
+    else:
+        shapes = COMPILED_SHAPES if compiles(GENERATORS[name], device) else None
+        example = data.draw(examples(device, shapes), label="example")
     assert_matches_oracles(name, example, tie_ledger)
