@@ -92,6 +92,41 @@ def check_out(p: argparse.ArgumentParser, text: str) -> Path:
     return out
 
 
+def pick_device(p: argparse.ArgumentParser, text: str | None) -> torch.device:
+    import torch
+
+    try:
+        device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        p.error(f"--device wants cuda, cuda:N or cpu, got {text!r}")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device wants cuda, cuda:N or cpu, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {text}: torch.cuda.is_available() is False (is this a CPU build of torch?)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {text}: there are {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def pick_variants(p: argparse.ArgumentParser, text: str | None, device: torch.device) -> list[str]:
+    """The named generators, or by default all that run on `device` (on CPU, the eager ones)."""
+    from . import GENERATORS
+
+    on_cuda = device.type == "cuda"
+    if text is None:
+        return [n for n, g in GENERATORS.items() if on_cuda or (not g.requires_cuda and g.execution == "eager")]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        p.error(f"--variants names no generator: got {text!r}; known: {', '.join(GENERATORS)}")
+    unknown = [n for n in names if n not in GENERATORS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(GENERATORS)}")
+    cuda_only = [n for n in names if GENERATORS[n].requires_cuda]
+    if cuda_only and not on_cuda:
+        p.error(f"--variants: {', '.join(cuda_only)}: CUDA only, and the device is {device}")
+    return names
+
+
 def write_results(path: Path, info: dict, results: list[dict]) -> None:
     """Replace results.json whole (a crash mid-write leaves the previous version, not half a file)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -115,33 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
     import torch
 
-    from . import GENERATORS, bench, models, profiling, report
+    from . import GENERATORS, bench, models, profiling, report  # after the allocator's environment variable
 
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        p.error(f"--device wants cuda, cuda:N or cpu, got {args.device!r}")
-    if device.type not in ("cpu", "cuda"):
-        p.error(f"--device wants cuda, cuda:N or cpu, got {args.device!r}")
+    device = pick_device(p, args.device)
     on_cuda = device.type == "cuda"
-    if on_cuda and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: torch.cuda.is_available() is False (is this a CPU build of torch?)")
-    if on_cuda and device.index is not None and device.index >= torch.cuda.device_count():
-        p.error(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA devices")
     model_name = args.model or ("gpt2-small" if on_cuda else "tiny-gpt2")
     if model_name not in models.MODELS and not os.path.isdir(model_name):
         p.error(f"--model wants one of {', '.join(models.MODELS)} or a local directory, got {model_name!r}")
     grid = grid or (CUDA_GRID if on_cuda else CPU_GRID)
-    if args.variants is not None:
-        names = list(dict.fromkeys(n.strip() for n in args.variants.split(",") if n.strip()))
-        unknown = [n for n in names if n not in GENERATORS]
-        if not names or unknown:
-            p.error(f"--variants: unknown {unknown or repr(args.variants)}; known: {', '.join(GENERATORS)}")
-        cuda_only = [n for n in names if GENERATORS[n].requires_cuda]
-        if cuda_only and not on_cuda:
-            p.error(f"--variants: {', '.join(cuda_only)}: CUDA only, and the device is {device}")
-    else:
-        names = [n for n, g in GENERATORS.items() if on_cuda or (not g.requires_cuda and g.execution == "eager")]
+    names = pick_variants(p, args.variants, device)
     out = check_out(p, args.out)
     if not on_cuda:
         # The CPU grid's model is tiny: one thread is faster, and steadier on a busy machine, than several.
