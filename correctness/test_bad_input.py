@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -56,6 +58,18 @@ def test_rejects_bad_input(name: str, case: str, change, error: type, match: str
     call.update(change(call["input_ids"]))
     with pytest.raises(error, match=match):
         generate(name, model, **call)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rejects_a_model_in_training_mode(name: str, device: torch.device) -> None:
+    """Dropout makes every call's tokens differ, and the lean forward ignores it: refuse, don't disagree."""
+    model = copy.deepcopy(contract_model(device)).train()
+    with pytest.raises(ValueError, match=r"model\.training.*model\.eval\(\)"):
+        generate(name, model, prompts(device), 4)
+    model.eval()
+    model.get_output_embeddings().train()  # one submodule left in training mode is training mode too
+    with pytest.raises(ValueError, match=r"model\.training"):
+        generate(name, model, prompts(device), 4)
 
 
 def test_longest_allowed_generation_is_accepted() -> None:

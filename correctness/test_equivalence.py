@@ -11,9 +11,11 @@ it implements (LEAN_FAMILIES), and test_lean_step_on_every_family runs each of t
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, find, given
 from hypothesis import strategies as st
 
 from correctness.contract import assert_contract
@@ -32,6 +34,19 @@ from generators import GENERATORS, Generator, Reference, caches, generate
 from generators.models import TINY_INIT
 
 ORACLES = ("naive", "hf_generate")
+
+# Bugs found on a GPU, replayed on every run and device: the ci profile is derandomized, so it never reads the
+# Hypothesis example database where a GPU run saved them. device "" stands for the device under test.
+GPU_FINDS = {
+    # 1 new token: a CUDA-graph variant's capture warm-up steps ran past the session's token buffer and KV cache
+    # (loop.CAPTURE_ROOM; test_contract's test_generation_shorter_than_the_capture_warm_up tries 1-3).
+    "capture_room": Example("tiny-gpt2", 0, torch.float32, "", ((7, 3, 9, 1), (500, 2, 2, 64), (7, 3, 9, 1)), 1),
+    # Two copies of one prompt tied at gap 1.5e-5 (H200, lean_eager, tiny-llama): one near-tie counted once per
+    # copy filled float32's cap of one tied row per example (perf/evidence/lean_prefill_graph/1_bias_fold).
+    "repeated_prompt_tie": Example("tiny-llama", 2, torch.float32, "", ((1, 1), (1, 1)), 20),
+}
+# The finds a generator that compiles per shape replays (each new shape costs it a compile on a GPU, ~10 s).
+COMPILED_FINDS = ("capture_room",)
 
 
 def is_lean(g: Generator | Reference) -> bool:
@@ -74,13 +89,26 @@ def test_agreeing_oracles_are_compared_once() -> None:
     assert ledger.steps == {torch.float32: 2 * 6} and ledger.ties == {torch.float32: []}
 
 
+def test_bfloat16_is_drawn_on_cpu_too() -> None:
+    """The main job offers --dtype bfloat16 on CPU, so the suite tests it there (within ties.py's bf16 ration)."""
+    assert find(examples("cpu"), lambda e: e.dtype == torch.bfloat16).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=marks(g), id=n) for n, g in GENERATORS.items()])
 @given(data=st.data())
-def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger, data: st.DataObject
-                                   ) -> None:
+@example(data="capture_room")
+@example(data="repeated_prompt_tie")
+def test_generator_matches_oracles(name: str, device: torch.device, tie_ledger: TieLedger,
+                                   data: st.DataObject | str) -> None:
     g = GENERATORS[name]
-    shapes = COMPILED_SHAPES if compiles(g, device) else None
-    example = data.draw(examples(device, shapes, LEAN_FAMILIES if is_lean(g) else FAMILIES), label="example")
+    compiled = compiles(g, device)
+    if isinstance(data, str):  # an explicit @example: a GPU find by name
+        if compiled and data not in COMPILED_FINDS:
+            return
+        example = dataclasses.replace(GPU_FINDS[data], device=str(device))
+    else:
+        example = data.draw(examples(device, COMPILED_SHAPES if compiled else None,
+                                     LEAN_FAMILIES if is_lean(g) else FAMILIES), label="example")
     assert_matches_oracles(name, example, tie_ledger)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from correctness.scenarios import PROMPT_LEN, case, contract_model
 from correctness.strategies import LEAN_FAMILIES, VOCAB, dtypes_for, get_model
 from correctness.ties import RATIONS, TAU, TieLedger, assert_same_tokens, poisson_bound
 from generators import generate
+from generators.ties import is_near_tie
 
 STEP = 3  # where the crafted outputs diverge
 
@@ -103,6 +105,22 @@ def test_an_early_end_with_unfinished_rows_fails() -> None:
     with pytest.raises(AssertionError, match="never produced EOS"):
         assert_same_tokens(expected, expected[:, :-1], model=contract_model("cpu"), prompt_len=PROMPT_LEN, eos=b,
                            pad=None, label="crafted", ledger=TieLedger())
+
+
+def test_the_rule_needs_both_tokens_near_each_other_and_near_the_top() -> None:
+    logits = torch.tensor([5.0, 4.9, 4.85, 1.0, 0.99], dtype=torch.float64)
+    assert is_near_tie(logits, 0, 1, tau=0.2) and is_near_tie(logits, 1, 0, tau=0.2)
+    assert not is_near_tie(logits, 0, 1, tau=0.05)  # gap 0.1 > tau
+    assert not is_near_tie(logits, 3, 4, tau=0.2)  # gap 0.01, but 4.0 below the maximum
+    assert not is_near_tie(logits, 1, 2, tau=0.08)  # gap 0.05, the better 0.1 below the maximum
+
+
+def test_generators_do_not_import_the_suite() -> None:
+    """The rule lives in generators/ties.py so that the main job can use it without importing correctness/."""
+    offenders = [p.name for p in (Path(__file__).resolve().parents[1] / "generators").glob("*.py")
+                 if "correctness" in "".join(line for line in p.read_text().splitlines()
+                                             if line.lstrip().startswith(("import ", "from ")))]
+    assert not offenders, f"generators/ imports the correctness suite in {offenders}"
 
 
 def test_poisson_bound() -> None:

@@ -1,12 +1,10 @@
-"""Exact token equality, with one documented way out: near-ties.
+"""Exact token equality, with one documented way out: rationed near-ties.
 
-Different kernels round differently (a KV-cached step vs the full sequence, a compiled kernel vs eager, TF32 vs
-float32), so a correct variant can pick the other of two nearly equal logits, and its row diverges from there
-on. The tie rule: at a row's first divergence, run the reference model again in float64 on CPU on the common
-prefix (a float64 copy of the very weights under test, so only arithmetic differs) and take the gap between
-the two tokens' logits. If the gap is <= TAU for the model's (device, dtype), and the better of the two is within
-TAU of the float64 maximum, it is a tie: the rest of that row is excluded. Anything else fails, printing the row, the
-step, both tokens and the gap.
+The near-tie rule itself (TAU, the float64 reference logits, the row-by-row comparison) is generators/ties.py's,
+shared with the main job's token column: at a row's first divergence, a float64 copy of the model scores the
+common prefix, and the two tokens are a near-tie if their logits are within TAU of each other and of the
+maximum; the rest of that row is excluded. Anything else fails, printing the row, the step, both tokens and
+the gap.
 
 So that a wrong variant cannot hide behind ties, they are rationed per dtype (RATIONS): a cap on tied rows per
 compared pair of outputs, and a cap over the session (checked when the session ends, see conftest.py): at most the
@@ -21,30 +19,15 @@ per-example cap by itself (it did, on an H200: two copies of a tiny-llama prompt
 
 from __future__ import annotations
 
-import copy
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-# TAU = 4x the largest |logit - float64 logit| measured by `python -m correctness.measure_tau [--device cuda]`
-# over tiny-gpt2 and tiny-llama, weight seeds 0-3, 4 random [8, 64] batches each, full forward and KV-cached
-# one-token steps (the tiny models' logits: |max| ~11, std ~2.4, median top-2 gap ~0.5; initializer_range 0.3).
-# The CUDA entries were measured on an NVIDIA H200 (torch 2.11.0+cu130, transformers 5.17.0, 2026-11-27; log in
-# perf/evidence/correctness_gpu/tau.log); test_ties checks that TAU/2 still covers a fresh measurement on the
-# device at hand, so an entry that no longer fits fails there rather than passing silently:
-# - float32 on CUDA runs its matmuls in TF32 (models.build sets matmul precision "high", as in the post): 0.117.
-#   That is large next to these logits' gaps (46% of positions have a float64 top-2 gap within 4x of it), so on
-#   CUDA fp32 the ration below, not tau, is what keeps a wrong variant from hiding behind ties.
-# - bfloat16 on CUDA: 1.07, as on CPU (both accumulate bf16 products in fp32); within 4x of it lie 99.9% of
-#   positions' gaps: there too the ration does the work.
-TAU: dict[tuple[str, torch.dtype], float] = {
-    ("cpu", torch.float32): 4 * 7.1e-5,  # measured: 6.3e-5 full forward, 7.1e-5 cached steps
-    ("cpu", torch.bfloat16): 4 * 1.07,  # measured: 0.97-1.07 full forward and cached steps
-    ("cuda", torch.float32): 4 * 0.117,  # measured: 0.117 full forward, 0.113 cached steps (TF32)
-    ("cuda", torch.bfloat16): 4 * 1.07,  # measured: 1.07 full forward and cached steps
-}
+from generators.ties import TAU, compare_tokens, float64_copy, float64_logits, tau_for
+
+__all__ = ["LEDGER", "RATIONS", "TAU", "Ration", "TieLedger", "assert_same_tokens", "float64_copy", "float64_logits",
+           "poisson_bound", "tau_for"]
 
 
 @dataclass(frozen=True)
@@ -116,41 +99,6 @@ class TieLedger:
 
 LEDGER = TieLedger()
 
-_FLOAT64: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
-
-
-def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A float64 CPU copy of `model`'s weights, made once per model."""
-    if model not in _FLOAT64:
-        _FLOAT64[model] = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
-    return _FLOAT64[model]
-
-
-@torch.inference_mode()
-def float64_logits(model: torch.nn.Module, prefix: torch.Tensor) -> torch.Tensor:
-    """The float64 logits [V] of the token after `prefix` [L]."""
-    return float64_copy(model)(prefix[None].cpu(), use_cache=False).logits[0, -1]
-
-
-def tau_for(model: torch.nn.Module) -> float:
-    param = next(model.parameters())
-    return TAU[(param.device.type, param.dtype)]
-
-
-def _with_padding(out: torch.Tensor, length: int, prompt_len: int, eos: int | None, pad: int | None,
-                  label: str) -> torch.Tensor:
-    """`out` continued to `length` columns as the contract says it would go on: every row finished, so pad."""
-    if out.shape[1] == length:
-        return out
-    generated = out[:, prompt_len:]
-    unfinished = [] if eos is None else [r for r in range(out.shape[0]) if not bool((generated[r] == eos).any())]
-    if eos is None or unfinished:
-        raise AssertionError(f"{label}: output has {out.shape[1] - prompt_len} new tokens, the other "
-                             f"{length - prompt_len}, yet rows {unfinished or 'all'} never produced EOS")
-    fill = eos if pad is None else pad
-    return torch.cat([out, out.new_full((out.shape[0], length - out.shape[1]), fill)], dim=1)
-
-
 def assert_same_tokens(expected: torch.Tensor, actual: torch.Tensor, *, model: torch.nn.Module, prompt_len: int,
                        eos: int | None, pad: int | None, label: str, ledger: TieLedger = LEDGER) -> list[str]:
     """Assert that `actual` holds `expected`'s tokens, up to rationed near-ties; returns the ties found.
@@ -158,42 +106,13 @@ def assert_same_tokens(expected: torch.Tensor, actual: torch.Tensor, *, model: t
     Both outputs must already satisfy the contract (contract.assert_contract): a row holds padding after its
     EOS, and an output ends early only once every row has produced EOS.
     """
-    expected, actual = expected.cpu(), actual.cpu()
-    if expected.shape[0] != actual.shape[0]:
-        raise AssertionError(f"{label}: batch {actual.shape[0]}, expected {expected.shape[0]}")
-    length = max(expected.shape[1], actual.shape[1])
-    expected = _with_padding(expected, length, prompt_len, eos, pad, f"{label} (expected)")
-    actual = _with_padding(actual, length, prompt_len, eos, pad, label)
-    tau, dtype = tau_for(model), next(model.parameters()).dtype
-    ties, steps, seen = [], 0, set()
-    for row in range(expected.shape[0]):
-        pair = (tuple(expected[row].tolist()), tuple(actual[row].tolist()))
-        if pair in seen:  # a repeat of an earlier row: already compared
-            continue
-        seen.add(pair)
-        differ = (expected[row] != actual[row]).nonzero()
-        steps += (length if len(differ) == 0 else int(differ[0]) + 1) - prompt_len
-        if len(differ) == 0:
-            continue
-        col = int(differ[0])
-        a, b = int(expected[row, col]), int(actual[row, col])
-        where = (f"{label}: row {row} diverges at step {col - prompt_len} (column {col}): expected token {a}, "
-                 f"got {b}\n  expected row: {expected[row].tolist()}\n  actual row:   {actual[row].tolist()}")
-        if col < prompt_len:
-            raise AssertionError(f"{where}\n  (inside the prompt)")
-        if eos is not None and bool((expected[row, prompt_len:col] == eos).any()):
-            raise AssertionError(f"{where}\n  (after the row's EOS: only padding may follow)")
-        logits = float64_logits(model, expected[row, :col])
-        gap = abs(float(logits[a] - logits[b]))
-        below_top = float(logits.max() - torch.maximum(logits[a], logits[b]))
-        detail = (f"float64 logits: {a} -> {float(logits[a]):.6g}, {b} -> {float(logits[b]):.6g}, gap {gap:.3g}, "
-                  f"max {float(logits.max()):.6g}; tie tolerance tau = {tau:.3g}")
-        if gap > tau or below_top > tau:
-            raise AssertionError(f"{where}\n  not a near-tie: {detail}")
-        ties.append(f"{label}: row {row}, step {col - prompt_len}: {a} vs {b}, gap {gap:.3g}")
-    ledger.record(dtype, steps, ties)
+    result = compare_tokens(expected, actual, model=model, prompt_len=prompt_len, eos=eos, pad=pad, label=label)
+    if result.failure:
+        raise AssertionError(result.failure)
+    dtype = next(model.parameters()).dtype
+    ledger.record(dtype, result.steps, result.ties)
     cap = RATIONS[dtype].rows_per_example
-    if cap is not None and len(ties) > cap:
-        raise AssertionError(f"{label}: {len(ties)} near-tied rows in one example ({dtype}: at most {cap} "
-                             f"allowed):\n  " + "\n  ".join(ties))
-    return ties
+    if cap is not None and len(result.ties) > cap:
+        raise AssertionError(f"{label}: {len(result.ties)} near-tied rows in one example ({dtype}: at most {cap} "
+                             f"allowed):\n  " + "\n  ".join(result.ties))
+    return result.ties

@@ -48,6 +48,10 @@ def check_inputs(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
+    if model.training or any(m.training for m in model.modules()):
+        # Dropout would make every call's tokens differ, and the lean forward ignores it: variants would disagree.
+        raise ValueError("the model is in training mode (model.training is True, or a submodule's is): call "
+                         "model.eval() before generating")
     device = _device_of(model)
     if requires_cuda and device.type != "cuda":
         raise ValueError(f"this generator requires a CUDA model; the model is on {device}")
