@@ -119,7 +119,7 @@ def pick_variants(p: argparse.ArgumentParser, text: str | None, device: torch.de
 
     on_cuda = device.type == "cuda"
     if text is None:
-        return [n for n, g in GENERATORS.items() if on_cuda or (not g.requires_cuda and g.execution == "eager")]
+        return [n for n, g in GENERATORS.items() if on_cuda or g.runs_on_cpu]
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
         p.error(f"--variants names no generator: got {text!r}; known: {', '.join(GENERATORS)}")

@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ab-rounds", type=int, default=gate.MAX_ROUNDS, metavar="N",
                     help=f"the most paired rounds a row gets (default {gate.MAX_ROUNDS}); rows stop as soon as their "
                          f"CI settles the verdict, after {gate.FIRST_ROUNDS} rounds at the earliest")
+    group.addoption("--rows-log", metavar="FILE",
+                    help="append each row to FILE as a JSON line as soon as it is measured: a run stopped late (a "
+                         "time limit, Ctrl-C) keeps what it measured")
     group.addoption("--ab-base", metavar="REF",
                     help="with --benchmark-compare: the base arm's git commit (default: the stored baseline's; the "
                          "PR workflow passes the PR's base); 'self' times this tree against itself (A/A)")

@@ -115,13 +115,13 @@ def judge(name: str, base_samples: Sequence[float] | None, cur_samples: Sequence
 
 def settled(v: Verdict) -> bool:
     """More rounds are not needed: a change called on >= FLAG_ROUNDS rounds, or no change with the whole CI inside
-    +-BAR (a change the gate must flag is then ruled out)."""
+    +-(midway from the band to BAR): a change the gate must flag is then ruled out with a margin."""
     if v.status == NEW:
         return True
     if v.status in (REGRESSED, IMPROVED):
         return v.rounds >= FLAG_ROUNDS
-    bar = BAR[v.klass]
-    return 1 / (1 + bar) < v.ci_low and v.ci_high < 1 + bar
+    edge = max(v.band, (v.band + BAR[v.klass]) / 2)
+    return 1 / (1 + edge) < v.ci_low and v.ci_high < 1 + edge
 
 
 def sequential_rounds(verdict: Callable[[], Verdict], one_round: Callable[[], object], done: int,

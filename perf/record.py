@@ -32,6 +32,7 @@ class Row:
     floor_ms: float | None = None
     bandwidth_utilisation: float | None = None
     copy_GBps: float | None = None
+    wall_s: float | None = None  # the whole row: warm-up, rounds, memory, compilation included
     injected_slowdown: float = 0.0  # test-only --inject-slowdown share of the candidate arm
 
     def info(self) -> dict:

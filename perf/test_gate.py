@@ -180,13 +180,20 @@ def test_sequential_looks_raise_no_alarm_on_unchanged_rows() -> None:
         assert [v.status for v in run_rows(1.0, sigma=sigma)].count(REGRESSED) == 0, sigma
 
 
+def test_a_slowdown_at_the_bar_is_rarely_let_go_early() -> None:
+    # +8% in a host row with 3% of noise per round: the first look must not settle it as "no change"
+    verdicts = run_rows(1.08, sigma=0.03, seeds=range(100))
+    assert [v.status for v in verdicts].count(REGRESSED) >= 95
+
+
 def test_rounds_never_pass_the_most() -> None:
     verdicts = run_rows(1.04, sigma=0.12, seeds=range(10), most=20)
     assert max(v.rounds for v in verdicts) == 20
 
 
-def test_settled_needs_the_whole_ci_inside_the_bar() -> None:
-    inside = judge("b", [1.0] * 5, [1.0, 1.07, 0.95, 1.0, 1.005], klass=HOST)
+def test_settled_needs_the_whole_ci_inside_the_band_and_bar_midway() -> None:
+    inside = judge("b", [1.0] * 5, [1.0, 1.06, 0.95, 1.0, 1.005], klass=HOST)  # midway: +-6.5%
+    assert not gate.settled(judge("b", [1.0] * 5, [1.0, 1.07, 0.95, 1.0, 1.005], klass=HOST))
     straddling = judge("b", [1.0] * 5, [0.97, 1.12, 0.99, 1.08, 1.02], klass=HOST)
     assert gate.settled(inside) and not gate.settled(straddling)
     early = judge("b", [1.0] * 5, [1.2] * 5, klass=HOST)

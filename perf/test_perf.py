@@ -8,6 +8,7 @@ verdict is settled (perf/gate.py). Without it, the rows are timed alone: a basel
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -40,7 +41,8 @@ def klass_of(variant: str) -> str:
 
 
 def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str, batch: int, new_tokens: int,
-                  dtype: str, perf_gate: Gate) -> None:
+                  dtype: str, perf_gate: Gate, pytestconfig: pytest.Config) -> None:
+    started = time.perf_counter()
     model = models_by_dtype(dtype)
     input_ids = bench.post_prompt(model, batch, device)
     eos = bench.eos_of(model)
@@ -106,4 +108,8 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     roof = bench.roofline_info(model, batch, input_ids.shape[1], row.steps, median, device)
     row.bytes_per_step, row.floor_ms = roof["bytes_per_step"], roof["floor_ms"]
     row.bandwidth_utilisation, row.copy_GBps = roof["bandwidth_utilisation"], roof["copy_GBps"]
+    row.wall_s = time.perf_counter() - started
     benchmark.extra_info.update(row.info())
+    if pytestconfig.getoption("--rows-log"):  # one short append per row: workers share the file safely
+        with open(pytestconfig.getoption("--rows-log"), "a") as f:
+            f.write(json.dumps({"name": benchmark.name, "extra_info": row.info()}) + "\n")
