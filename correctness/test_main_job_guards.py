@@ -131,3 +131,12 @@ def test_every_console_script_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
     assert [name for name in scripts if name not in readme] == []
 
+
+
+def test_naive_runs_first_wherever_it_is_named(tmp_path) -> None:
+    # Every row's token check and speedup are against naive at the same grid point, so it must be measured first.
+    assert main_job.main(["--device", "cpu", "--grid", "1x3", "--variants", "kv_static,naive", "--reps", "1",
+                          "--warmup", "0", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["variant"] for r in rows] == ["naive", "kv_static"]
+    assert rows[1]["tokens_vs_naive"] == "same"

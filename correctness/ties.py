@@ -40,13 +40,13 @@ class Ration:
 # gap within 4x the error), 0 of 64 rows parted under emulated TF32. One tied row per example, and a rate of
 # 0.1% of compared steps (about 2% of rows at the ~20-25 compared steps of an average row), so a session may hold
 # poisson_bound(0.001 x steps) ties: 2 at 100 steps, 5 at 800, 24 at 12,000, 60 at 40,000. Correct variants on an
-# H200 tied at 0-0.07% (seventh session, whole GPU suite); a wrong one far more even if it diverges only at close
-# calls.
+# H200 tied at 0-0.07% (2026-11-27, the whole GPU suite at 41bce23); a wrong one far more even if it diverges only at
+# close calls.
 # On CUDA the fp32 ration is what a variant with its own matmul uses up: the lean step through skinny.py
 # (fp32-accurate tf32x3 products against naive's cuBLAS TF32) tied 1 row over 7,335 and 5 over 5,492 compared
 # steps in two lean-only runs on an H200 (the second at the ration); with Triton's plain TF32 it tied 204 over
-# 39,597 and failed, which is the ration doing its job (perf/RESULTS.md). Until the seventh session those counts
-# took every tie and step twice (once per oracle; test_equivalence now compares agreeing oracles once), so the
+# 39,597 and failed, which is the ration doing its job (docs/history/2026-11-correctness-gpu.md). Until 932c203 those
+# counts took every tie and step twice (once per oracle; test_equivalence now compares agreeing oracles once), so the
 # rates stand but a single near-tie counted as two: with ~900 distinct fp32 steps in a run (allowed: 1), one tie of
 # lean_eager at gap 0.0024 failed the session on an H200. Plain TF32's 204 over 39,597 still fails by 3x.
 # bfloat16: here rounding flips argmaxes for real: on CPU, 0.8-2.5% of positions pick another token in bf16

@@ -91,7 +91,6 @@ class Reference:
     compiles = False
     captured = False
     runs_on_cpu = True
-    execution = "eager"  # bridge for perf/conftest.py and __main__.py (execution.py says when it goes)
 
     @torch.inference_mode()
     def __call__(self, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,

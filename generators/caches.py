@@ -126,7 +126,7 @@ class LeanKV(Cache):
 
     Under a CUDA graph the prefill is captured too: eager, it is a few hundred kernel launches from Python,
     milliseconds of host time against a step's ~0.5-0.8 ms of GPU time: 4-8 ms of a 100-token call on an H200
-    (perf/RESULTS.md, "The prefill in a CUDA graph, c_attn's bias and the step's position")."""
+    (docs/history/2026-11-lean-step.md, "ab0d293, 919dea0, f6234cf")."""
 
     static = True
     # Static shapes: the lean step is small enough that specialising every size pays, and it compiles in

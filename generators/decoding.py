@@ -21,7 +21,7 @@ class Decoding:
     col: torch.Tensor  # [1] int64: the column the next token goes to (P + step)
     # [1] int64: col - 1, the position of the last written token, which a step reads. Kept as a buffer because
     # inductor recomputes `col - 1` into a fresh one for each custom op that reads it: 12 kernels a GPT-2 lean step
-    # (b=32 on an H200: 160 -> 148 kernels, 561 -> 543 us a step; perf/RESULTS.md).
+    # (b=32 on an H200: 160 -> 148 kernels, 561 -> 543 us a step; docs/history/2026-11-lean-step.md).
     last: torch.Tensor
     eos: torch.Tensor | None  # [] int64, or None for no early stop
     pad: torch.Tensor  # [] int64: what a finished row emits

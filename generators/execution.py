@@ -37,15 +37,6 @@ class Execution:
     def __repr__(self) -> str:
         return type(self).__name__
 
-    # Bridge, until perf/conftest.py and __main__.py read Generator.runs_on_cpu / .captured: they still compare
-    # `execution` with "eager" and "cuda_graph". Remove it then (and Reference.execution).
-    name = "eager"
-
-    def __eq__(self, other: object) -> bool:
-        return other == self.name if isinstance(other, str) else self is other
-
-    __hash__ = object.__hash__
-
 
 class Eager(Execution):
     """Every step as Python calls it: hundreds of kernel launches from the host per step."""
@@ -55,7 +46,6 @@ class Compile(Execution):
     """The one-token step torch.compile'd with fullgraph=True; the prefill stays eager."""
 
     compiles = True
-    name = "compile"
 
     def bind(self, session: object, input_ids: torch.Tensor) -> Steps:
         fn, args = session.cache.one_token
@@ -68,7 +58,6 @@ class CudaGraph(Compile):
 
     captured = True
     capture_room = CAPTURE_ROOM
-    name = "cuda_graph"
 
     def bind(self, session: object, input_ids: torch.Tensor) -> Steps:
         prefill, step = super().bind(session, input_ids)

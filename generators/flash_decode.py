@@ -2,8 +2,8 @@
 inner loop, without its split over the sequence: at these cache lengths one program per row and head is enough).
 
 Why: lean.py's decode attention as plain reductions is three inductor kernels per layer that read the whole
-preallocated cache (~130 us a step at b=32 on an H200, perf/RESULTS.md), although on average half of it is
-still empty. Here the filled length is read on the device (``position + 1``) and every load past it is masked
+preallocated cache (~130 us a step at b=32 on an H200, docs/history/2026-11-lean-step.md), although on average half of
+it is still empty. Here the filled length is read on the device (``position + 1``) and every load past it is masked
 off, so the kernel reads only the filled slots while one CUDA graph still replays every step (fixed shapes).
 Online softmax in fp32, as the reductions and the fused SDPA kernels accumulate.
 
@@ -12,7 +12,7 @@ further: it takes c_attn's output, or skinny.py's fp32 partial sums of it, adds 
 head, writes K and V into the cache in place and attends with them from registers. That is one kernel where the
 unfused step runs four or five (the qkv sum and bias fused into two cache writes and one or two copies of q, then
 the attention): measured on an H200, the ones before the attention took 39-48 us of a step at b=4-32
-(perf/RESULTS.md).
+(docs/history/2026-11-lean-step.md).
 
 CUDA only; ``available()`` says whether it is used here.
 """

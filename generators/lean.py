@@ -59,7 +59,8 @@ class LeanModel(nn.Module):
         super().__init__()
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
-        # (perf/RESULTS.md, "qkv into the attention kernel"). False: the unfused step it is tested against.
+        # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
+        # against.
         self.fused_qkv = fused_qkv
         config = model.config
         kind = config.model_type
@@ -189,7 +190,7 @@ class LeanModel(nn.Module):
             parts, bias = c_attn(x).view(1, 1, -1), None
         elif parts is None:  # mm, the kernel adds the bias: at 32 rows cuBLAS picks faster kernels for this than
             # for c_attn's addmm (96 steps 68.4 -> 64.2 ms on an H200); at one row the mm was 7% slower than the
-            # unfused step (perf/RESULTS.md, "The prefill in a CUDA graph, c_attn's bias and the step's position")
+            # unfused step (docs/history/2026-11-lean-step.md, "ab0d293, 919dea0, f6234cf")
             parts = torch.mm(rows, c_attn.weight).view(1, rows.shape[0], -1)
         out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale)  # [B, heads, 1, D]
         return out.transpose(1, 2).reshape(x.shape[0], 1, -1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import ab, gate, store
@@ -74,3 +77,36 @@ def _runner_line(g: Gate, rows: list[Row], names: list[str]) -> str:
     today = {name: row.base_s for name, row in zip(names, rows, strict=True) if row.base_s}
     classes = {name: row.klass for name, row in zip(names, rows, strict=True)}
     return f"base arm today vs its stored times ({where}): {gate.runner_check(today, b.samples, classes).line()}."
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Benchmark dicts from a --benchmark-json file or a --rows-log file (JSON lines)."""
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)["benchmarks"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m perf.report RUN.json|ROWS.jsonl ...``: the verdict table of rows a gate run measured, e.g. the rows
+    log of a run stopped by a time limit. Exit 1 if a row regressed."""
+    p = argparse.ArgumentParser(prog="python -m perf.report", description=main.__doc__.split(":")[0].strip("`"))
+    p.add_argument("runs", nargs="+", type=Path, help="--benchmark-json or --rows-log files of gate runs")
+    p.add_argument("--bands", type=Path, help="a bands.json to judge against (default: the default bands)")
+    args = p.parse_args(argv)
+    try:
+        bands = store.load_bands(args.bands) if args.bands else {}
+        benchmarks = [b for path in args.runs for b in read_rows(path)]
+        rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
+    except (OSError, ValueError, KeyError, TypeError, store.GateError) as e:
+        p.error(f"cannot read the runs: {type(e).__name__}: {e}")
+    judged = verdicts([r for r in rows if r.base_s is not None], [b["name"] for b, r in zip(benchmarks, rows,
+                      strict=True) if r.base_s is not None], bands)
+    print(gate.format_table(judged))
+    failed = [v.name for v in judged if v.regressed]
+    print(f"{len(judged)} rows judged ({len(rows) - len(judged)} without a base arm); regressed: {len(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

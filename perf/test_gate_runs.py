@@ -53,6 +53,7 @@ def test_the_gate_flags_an_injected_slowdown_and_judges_every_selected_row(stora
     assert rc == pytest.ExitCode.TESTS_FAILED, out
     text = report.read_text()
     assert "GATE FAILED" in out and "the commit the stored baseline timed" in text, text
+    assert "machine_info is different" not in out  # pytest-benchmark's several-KB warning: the gate reads baselines
     verdicts = dict(re.findall(r"^\| test_generate\[(\S+)-b4-n16-float32\] \| ([^|]+?) \|", text, flags=re.M))
     assert verdicts["naive"] == gate.REGRESSED, text
     # The untouched row is judged too; its verdict is not asserted: a shared 2-core CI machine is not a GPU.
@@ -62,6 +63,16 @@ def test_the_gate_flags_an_injected_slowdown_and_judges_every_selected_row(stora
         info = b["extra_info"]
         assert len(info["base_s"]) == len(info["candidate_s"]), info
         assert re.search(rf"^\| {re.escape(b['name'])} \|.* \| {len(info['candidate_s'])} \|$", text, flags=re.M)
+
+
+def test_a_stopped_runs_rows_can_still_be_judged(storage, tmp_path: Path) -> None:
+    option, _ = storage
+    rows = tmp_path / "rows.jsonl"
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "-k", "b4-n16 and naive",
+                  "--inject-slowdown=naive:0.5", "--ab-rounds=15", f"--rows-log={rows}")
+    assert rc == pytest.ExitCode.TESTS_FAILED, out
+    result = subprocess.run([sys.executable, "-m", "perf.report", str(rows)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "naive-b4-n16-float32] | regressed" in result.stdout, result.stdout
 
 
 def test_one_worker_per_device_gives_one_merged_report(storage, tmp_path: Path) -> None:
