@@ -22,14 +22,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .grids import CPU_GRID, CUDA_GRID
+
 if TYPE_CHECKING:  # torch is imported in main(), after the allocator's environment variable is set
     import torch
 
     from . import bench
-
-# The grids: (batch, max_new_tokens). The post's b=32 x {100, 200, 400} and a batch sweep at 100 tokens.
-CUDA_GRID = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
-CPU_GRID = [(1, 32), (4, 32), (4, 64)]
 
 
 def _points(grid: list[tuple[int, int]]) -> str:
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
     import torch
 
-    from . import GENERATORS, bench, models, profiling, report, trace  # after the allocator's environment variable
+    from . import GENERATORS, bench, models, profiling, report, timeline, trace
 
     try:
         window = trace.parse_window(args.trace) if args.trace else None
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {len(results)} of {total} rows measured", file=sys.stderr)
 
     if window and results and not interrupted:  # after every timing: a profiler can leave CUPTI attached
-        trace.trace_results(results, requested, model, out, window, f"{model_name} {args.dtype} on "
+        timeline.trace_results(results, requested, model, out, window, f"{model_name} {args.dtype} on "
                             f"{info.get('gpu', 'cpu')}")
         write_results(results_path, info, results)
     for line in failed:

@@ -200,14 +200,6 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _note(s: dict) -> str:
-    """A timeline row's note: the whole window's numbers."""
-    if not s["steps"]:
-        return ""
-    idle = "" if s["gpu_idle_share"] is None else f"GPU idle {s['gpu_idle_share']:.1%}, "
-    return f"{idle}host wait {s['host_wait_us_per_step']:,.0f} us/step, step {s['step_us']:,.0f} us"
-
-
 def describe(t: Trace) -> str:
     s = t.summary
     if not s["steps"]:
@@ -216,31 +208,3 @@ def describe(t: Trace) -> str:
     return (f"{s['steps']} steps, {s['step_us']:,.0f} us/step; GPU idle {idle}; host wait "
             f"{s['host_wait_us_per_step']:,.1f} us/step ({s['syncs_per_step']:.1f} syncs); kernels "
             f"{_fmt(s['kernels_per_step'], '.1f')}/step, {_fmt(s['kernel_us_per_step'], ',.0f')} us/step")
-
-
-def trace_results(results: list[dict], variants: set[str], model, out: Path, window: tuple[int, int],
-                  title: str) -> None:
-    """The main job's --trace: trace every row of `variants` in `results` (adding the summary's numbers to the row),
-    save out/trace-<variant>-b<B>-n<N>.json and a timeline of the first steps, out/timeline-b<B>-n<N>.png."""
-    from .timeline import Row, write_timeline
-
-    cuda = next(model.parameters()).device.type == "cuda"
-    if not cuda:
-        print("# --trace on CPU: CPU activities only; GPU idle, kernels per step need CUDA (shown as -)")
-    by_point: dict[tuple[int, int], list[Trace]] = {}
-    for row in results:
-        if row["variant"] not in variants:
-            continue
-        b, n = row["batch"], row["max_new_tokens"]
-        path = out / f"trace-{row['variant']}-b{b}-n{n}.json"
-        t = trace_generation(row["variant"], model, b, n, window, path=path)
-        row.update({k: t.summary[k] for k in ("gpu_idle_share", "host_wait_us_per_step", "syncs_per_step",
-                                              "kernels_per_step", "kernel_us_per_step", "step_us", "idle_window")})
-        row["traced_steps"], row["trace_file"] = t.summary["steps"], str(path) if path.exists() else None
-        by_point.setdefault((b, n), []).append(t)
-        print(f"# trace {t.variant} b={b} n={n}: {describe(t)}", flush=True)
-    for (b, n), traces in by_point.items():
-        rows = [Row(t.variant, t.events, _note(t.summary), device=cuda) for t in traces]
-        png = out / f"timeline-b{b}-n{n}.png"
-        write_timeline(png, f"{title}, b={b} n={n}: first decode steps of {window[0]}-{window[1] - 1}", rows)
-        print(f"# wrote {png}")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from generators import GENERATORS
+from generators.grids import CUDA_GRID, GATE_GRID
 
-CUDA_POINTS = [(32, 100), (32, 200), (32, 400), (1, 100), (4, 100), (16, 100), (64, 100)]
 FASTEST = ["cuda_graph", "cuda_graph_deferred", "lean_graph", "hf_generate_static"]
 GRIDS = {
-    "full": [(v, b, n, "float32") for b, n in CUDA_POINTS for v in GENERATORS]
+    "full": [(v, b, n, "float32") for b, n in CUDA_GRID for v in GENERATORS]
     + [(v, 32, 100, "bfloat16") for v in ["naive", *FASTEST]],
-    "gate": [(v, b, n, "float32") for b, n in [(32, 100), (1, 100)] for v in GENERATORS],
+    "gate": [(v, b, n, "float32") for b, n in GATE_GRID for v in GENERATORS],
     "smoke": [(v, b, n, "float32") for b, n in [(2, 8), (4, 16)]
               for v, g in GENERATORS.items() if g.runs_on_cpu],
 }
