@@ -8,43 +8,23 @@ arm, the commit the stored baseline for this card was recorded at (or `--ab-base
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import torch
 
-from generators import GENERATORS, bench, models
+from generators import bench, models
 
 from . import ab, gate, report, store
 from .grids import GRIDS
+from .run import Gate, parse_injected, save_merged, set_up_gate, usage
 
 GATE = pytest.StashKey["Gate"]()
 ROWS = pytest.StashKey[list]()  # benchmark dicts sent back by xdist workers
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default: redirected to perf/baselines/<card>
-
-
-@dataclass
-class Gate:
-    """What a perf run was asked to do, settled before any test runs."""
-
-    compare: bool  # --benchmark-compare: judge every row against the base arm
-    recording: bool  # --benchmark-save: write a baseline
-    card: str  # the GPU's name ("cpu" without CUDA)
-    storage: Path  # perf/baselines/<card>/<OS-Python>, or the --benchmark-storage given
-    injected: dict[str, float] = field(default_factory=dict)
-    base: ab.Base | None = None
-    baseline: store.Baseline | None = None
-    bands: dict[str, float] = field(default_factory=dict)
-    rounds: int = gate.MAX_ROUNDS
-    generators_tree: str | None = None  # recorded with a baseline
-    report: str = ""  # the gate's markdown report, once judged
-    started: float = field(default_factory=time.perf_counter)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,25 +46,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ab-base", metavar="REF",
                     help="with --benchmark-compare: the base arm's git commit (default: the stored baseline's; the "
                          "PR workflow passes the PR's base); 'self' times this tree against itself (A/A)")
-
-
-def _usage(message: str) -> pytest.UsageError:
-    return pytest.UsageError(" ".join(message.split()))
-
-
-def _parse_injected(spec: str | None) -> dict[str, float]:
-    injected = {}
-    for item in filter(None, (spec or "").split(",")):
-        variant, _, share = item.partition(":")
-        try:
-            value = float(share)
-        except ValueError:
-            value = math.nan
-        if variant not in GENERATORS or not (math.isfinite(value) and 0 < value <= 10):
-            raise _usage(f"--inject-slowdown wants VARIANT:SHARE[,VARIANT:SHARE...] with known variants and a share "
-                         f"in (0, 10], got {item!r}")
-        injected[variant] = value
-    return injected
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -110,7 +71,7 @@ def _own_gpu(config: pytest.Config) -> None:
     index, workers = _worker_index(config), int(config.workerinput["workercount"])
     if torch.cuda.is_available() and config.getoption("--device").startswith("cuda"):
         if workers > torch.cuda.device_count():
-            raise _usage(f"-n {workers} workers on {torch.cuda.device_count()} GPUs: two workers would share a card. "
+            raise usage(f"-n {workers} workers on {torch.cuda.device_count()} GPUs: two workers would share a card. "
                          f"Use -n auto (one worker per GPU).")
         torch.cuda.set_device(index)
         config.option.device = f"cuda:{index}"
@@ -145,34 +106,28 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_benchmark.utils import get_machine_id
 
     storage = Path(config.option.benchmark_storage.removeprefix("file://")) / get_machine_id()
-    g = Gate(compare, recording, card, storage, _parse_injected(config.getoption("--inject-slowdown")),
+    g = Gate(compare, recording, card, storage, parse_injected(config.getoption("--inject-slowdown")),
              rounds=config.getoption("--ab-rounds"))
     ref = config.getoption("--ab-base")
     if g.rounds < gate.FLAG_ROUNDS:
-        raise _usage(f"--ab-rounds={g.rounds}: a regression is called on >= {gate.FLAG_ROUNDS} paired rounds, so a "
+        raise usage(f"--ab-rounds={g.rounds}: a regression is called on >= {gate.FLAG_ROUNDS} paired rounds, so a "
                      f"row needs at least that many")
     if ref is not None and not compare:
-        raise _usage(f"--ab-base={ref} names the base arm of the gate: add --benchmark-compare")
+        raise usage(f"--ab-base={ref} names the base arm of the gate: add --benchmark-compare")
     if (compare or recording) and not on_cuda and not explicit:
-        raise _usage("the stored baselines in perf/baselines/ are GPU timings: comparing with them or recording one "
+        raise usage("the stored baselines in perf/baselines/ are GPU timings: comparing with them or recording one "
                      "needs CUDA (this machine has none). The CPU test run needs neither.")
     if recording and (compare or g.injected):
-        raise _usage("a baseline is recorded alone: drop --benchmark-compare and --inject-slowdown")
+        raise usage("a baseline is recorded alone: drop --benchmark-compare and --inject-slowdown")
     try:
         if recording:
             g.generators_tree = store.check_recordable()
         if compare:
-            _set_up_gate(g, pick, ref)
+            set_up_gate(g, pick, ref)
     except store.GateError as e:
-        raise _usage(str(e)) from None
+        raise usage(str(e)) from None
     config.stash[GATE] = g
     config.stash[ROWS] = []
-
-
-def _set_up_gate(g: Gate, pick: str | bool, ref: str | None) -> None:
-    g.baseline = store.latest(g.storage, g.card, pick)
-    g.bands = store.load_bands(g.storage.parent / store.BANDS)
-    g.base = ab.load_base(ref or g.baseline.commit)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -252,7 +207,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if _is_controller(config):
         rows = config.stash[ROWS]
-        _save_merged(config, bs, rows)
+        save_merged(config, bs, rows)
     else:
         rows = [b.as_dict(include_data=True) for b in bs.benchmarks]
     if g.compare:
@@ -282,19 +237,3 @@ def _workers(config: pytest.Config) -> int:
     return int(config.getoption("numprocesses", 0) or 0) if _is_controller(config) else 1
 
 
-def _save_merged(config: pytest.Config, bs, rows: list[dict]) -> None:
-    """What pytest-benchmark saves in one process (--benchmark-save, --benchmark-json), from the workers' rows."""
-    save = config.getoption("benchmark_save") or config.getoption("benchmark_autosave")
-    if not rows or not (save or config.getoption("benchmark_json")):
-        return
-    import pytest_benchmark
-
-    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
-    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
-    output = {"machine_info": bs.get_machine_info(), "commit_info": commit_info, "benchmarks": rows,
-              "datetime": datetime.now(UTC).isoformat(), "version": pytest_benchmark.__version__}
-    if save:
-        bs.storage.save(output, save)
-    if config.getoption("benchmark_json"):
-        with config.getoption("benchmark_json") as fh:
-            fh.write(json.dumps(output, indent=4).encode())

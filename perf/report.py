@@ -12,7 +12,7 @@ from .grids import GRIDS, bench_name
 from .record import Row
 
 if TYPE_CHECKING:
-    from .conftest import Gate
+    from .run import Gate
 
 
 def verdicts(rows: list[Row | None], names: list[str], bands: dict[str, float]) -> list[gate.Verdict]:

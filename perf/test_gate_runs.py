@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from . import gate, store
-from .conftest import _parse_injected
+from .run import parse_injected
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = "b4-n16 and (naive or kv_static)"
@@ -151,8 +151,8 @@ def test_recording_a_dirty_tree_is_refused(tmp_path: Path, monkeypatch: pytest.M
                                   "naive"])
 def test_bad_injected_slowdowns_are_usage_errors(spec: str) -> None:
     with pytest.raises(pytest.UsageError, match=re.escape(repr(spec))):
-        _parse_injected(f"kv_static:0.1,{spec}")
+        parse_injected(f"kv_static:0.1,{spec}")
 
 
 def test_injected_slowdowns_parse() -> None:
-    assert _parse_injected("naive:0.5,kv_static:10") == {"naive": 0.5, "kv_static": 10.0}
+    assert parse_injected("naive:0.5,kv_static:10") == {"naive": 0.5, "kv_static": 10.0}

@@ -17,9 +17,10 @@ import torch
 from generators import GENERATORS, bench
 
 from . import ab, gate
-from .conftest import Gate, grid_for
+from .conftest import grid_for
 from .grids import GRIDS, point_id
 from .record import Row
+from .run import Gate
 
 RECORD_ROUNDS = 5  # timed rounds per row of a baseline: the runner check compares their median
 LONG_HOST_ROUNDS = 3  # host-bound loops past 100 tokens take 1-7 s a generation on an H200

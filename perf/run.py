@@ -1,0 +1,81 @@
+"""What a perf run was asked to do, settled before any test runs, and what the controller of xdist workers saves.
+
+perf/conftest.py's hooks fill a Gate from the options; test_perf.py reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from generators import GENERATORS
+
+from . import ab, gate, store
+
+
+@dataclass
+class Gate:
+    """What a perf run was asked to do, settled before any test runs."""
+
+    compare: bool  # --benchmark-compare: judge every row against the base arm
+    recording: bool  # --benchmark-save: write a baseline
+    card: str  # the GPU's name ("cpu" without CUDA)
+    storage: Path  # perf/baselines/<card>/<OS-Python>, or the --benchmark-storage given
+    injected: dict[str, float] = field(default_factory=dict)
+    base: ab.Base | None = None
+    baseline: store.Baseline | None = None
+    bands: dict[str, float] = field(default_factory=dict)
+    rounds: int = gate.MAX_ROUNDS
+    generators_tree: str | None = None  # recorded with a baseline
+    report: str = ""  # the gate's markdown report, once judged
+    started: float = field(default_factory=time.perf_counter)
+
+
+def usage(message: str) -> pytest.UsageError:
+    return pytest.UsageError(" ".join(message.split()))
+
+
+def parse_injected(spec: str | None) -> dict[str, float]:
+    injected = {}
+    for item in filter(None, (spec or "").split(",")):
+        variant, _, share = item.partition(":")
+        try:
+            value = float(share)
+        except ValueError:
+            value = math.nan
+        if variant not in GENERATORS or not (math.isfinite(value) and 0 < value <= 10):
+            raise usage(f"--inject-slowdown wants VARIANT:SHARE[,VARIANT:SHARE...] with known variants and a share "
+                         f"in (0, 10], got {item!r}")
+        injected[variant] = value
+    return injected
+
+
+def set_up_gate(g: Gate, pick: str | bool, ref: str | None) -> None:
+    """The stored baseline, the band file and the base arm: anything missing raises store.GateError or a usage error."""
+    g.baseline = store.latest(g.storage, g.card, pick)
+    g.bands = store.load_bands(g.storage.parent / store.BANDS)
+    g.base = ab.load_base(ref or g.baseline.commit)
+
+
+def save_merged(config: pytest.Config, bs, rows: list[dict]) -> None:
+    """What pytest-benchmark saves in one process (--benchmark-save, --benchmark-json), from the workers' rows."""
+    save = config.getoption("benchmark_save") or config.getoption("benchmark_autosave")
+    if not rows or not (save or config.getoption("benchmark_json")):
+        return
+    import pytest_benchmark
+
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output = {"machine_info": bs.get_machine_info(), "commit_info": commit_info, "benchmarks": rows,
+              "datetime": datetime.now(UTC).isoformat(), "version": pytest_benchmark.__version__}
+    if save:
+        bs.storage.save(output, save)
+    if config.getoption("benchmark_json"):
+        with config.getoption("benchmark_json") as fh:
+            fh.write(json.dumps(output, indent=4).encode())
