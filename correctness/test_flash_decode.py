@@ -106,11 +106,13 @@ def test_llama_family_step_through_the_kernels(device: torch.device, family: str
     module's attention) against the same steps through the modules and reductions: same tokens, logits and caches
     to fp32 rounding (TF32 off). Covers what each family feeds the kernels (Phi-3's split qkv, partial rotary,
     Qwen3's head norms, Qwen2's biases added to skinny.py's sums, head_dim 24 and 32)."""
-    from generators import loop, skinny  # noqa: PLC0415
+    from generators import skinny  # noqa: PLC0415
+    from generators.decoding import Decoding, append_token  # noqa: PLC0415
 
+    attention_on, matmul_on = flash_decode.available, skinny.available
     if device.type != "cuda":  # the interpreter runs the kernels on CPU
-        monkeypatch.setattr(flash_decode, "available", lambda q: True)
-        monkeypatch.setattr(skinny, "available", lambda x: skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS)
+        attention_on = lambda q: True  # noqa: E731
+        matmul_on = lambda x: skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS  # noqa: E731
     model = build(family, device=device)  # (sets TF32 on for fp32 matmuls)
     # Full fp32 on a GPU too: cuBLAS's TF32 and skinny.py's tf32x3 would part by more than the summation order.
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -118,17 +120,20 @@ def test_llama_family_step_through_the_kernels(device: torch.device, family: str
     ids = torch.randint(0, model.config.vocab_size, (2, 3), device=device)  # 2 rows: skinny.MIN_ROWS
 
     def run(kernels: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        lean = LeanModel(model, skinny_matmul=kernels, flash_attention=kernels)
-        d = loop.Decoding.allocate(2, 3, 3, None, None, device)
+        # The kernels on, or both paths through the modules and reductions.
+        monkeypatch.setattr(flash_decode, "available", attention_on if kernels else lambda q: False)
+        monkeypatch.setattr(skinny, "available", matmul_on if kernels else lambda x: False)
+        lean = LeanModel(model)
+        d = Decoding.allocate(2, 3, 3, None, None, device)
         d.reset(ids)
         caches = lean.new_cache(2, 6)
         logits = []
         with torch.inference_mode():
             logits.append(lean(d.tokens[:, :3], torch.arange(3, device=device), caches))
-            loop.append_token(d, logits[-1])
+            append_token(d, logits[-1])
             for _ in range(2):
                 logits.append(lean(d.tokens.index_select(1, d.last), d.last, caches))
-                loop.append_token(d, logits[-1])
+                append_token(d, logits[-1])
         return d.tokens, logits, [t for kv in caches for t in kv]
 
     (tokens, logits, caches), (want_tokens, want_logits, want_caches) = run(True), run(False)
