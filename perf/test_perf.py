@@ -66,7 +66,6 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     base = perf_gate.base
     if base is not None and base.has(variant):
         row.base_ref, row.base_commit, row.base_s = base.ref, base.commit, []
-
         base_out = []
 
         def base_arm() -> None:  # pedantic's setup: before every round, the warm-up round included
