@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from generators import bench, models
+from generators import bench, models, trace
 
 from . import ab, gate, report, store
 from .grids import GRIDS
@@ -40,6 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ab-rounds", type=int, default=gate.MAX_ROUNDS, metavar="N",
                     help=f"the most paired rounds a row gets (default {gate.MAX_ROUNDS}); rows stop as soon as their "
                          f"CI settles the verdict, after {gate.FIRST_ROUNDS} rounds at the earliest")
+    group.addoption("--trace-steps", metavar="START:STOP",
+                    help="after each row's timings, trace decode steps START..STOP-1 of one more generation "
+                         "(generators/trace.py): GPU idle share and host wait per step into the row's extra_info. "
+                         "Not in a gate or a recording: a profiler can slow the rows timed after it")
     group.addoption("--rows-log", metavar="FILE",
                     help="append each row to FILE as a JSON line as soon as it is measured: a run stopped late (a "
                          "time limit, Ctrl-C) keeps what it measured")
@@ -117,6 +121,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if (compare or recording) and not on_cuda and not explicit:
         raise usage("the stored baselines in perf/baselines/ are GPU timings: comparing with them or recording one "
                      "needs CUDA (this machine has none). The CPU test run needs neither.")
+    if config.getoption("--trace-steps"):
+        try:
+            g.trace = trace.parse_window(config.getoption("--trace-steps"))
+        except SystemExit as e:
+            raise usage(str(e)) from None
+        if compare or recording:
+            raise usage("--trace-steps profiles each row after its timings, and a profiler can leave CUPTI attached, "
+                        "which slows the rows timed after it: trace in a run of its own, not in a gate or a recording")
     if recording and (compare or g.injected):
         raise usage("a baseline is recorded alone: drop --benchmark-compare and --inject-slowdown")
     try:

@@ -32,6 +32,8 @@ class Row:
     floor_ms: float | None = None
     bandwidth_utilisation: float | None = None
     copy_GBps: float | None = None
+    gpu_idle_share: float | None = None  # --trace-steps: share of the traced steps with no kernel running (CUDA only)
+    host_wait_us_per_step: float | None = None  # --trace-steps: the host blocked in a synchronisation
     wall_s: float | None = None  # the whole row: warm-up, rounds, memory, compilation included
     injected_slowdown: float = 0.0  # test-only --inject-slowdown share of the candidate arm
 

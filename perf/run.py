@@ -33,6 +33,7 @@ class Gate:
     bands: dict[str, float] = field(default_factory=dict)
     rounds: int = gate.MAX_ROUNDS
     generators_tree: str | None = None  # recorded with a baseline
+    trace: tuple[int, int] | None = None  # --trace-steps START:STOP decode steps
     report: str = ""  # the gate's markdown report, once judged
     started: float = field(default_factory=time.perf_counter)
 

@@ -104,6 +104,9 @@ def test_recording_under_workers_writes_one_baseline(tmp_path: Path) -> None:
     (["--ab-base=self"], "add --benchmark-compare"),
     (["--ab-rounds=10"], "at least that many"),
     (["--inject-slowdown=naive:inf"], "share in (0, 10]"),
+    (["--trace-steps=5:3"], "wants START:STOP"),
+    (["--trace-steps=3:6", "--benchmark-save=b", "--benchmark-storage=file:///nonexistent"],
+     "trace in a run of its own"),
 ])
 def test_runs_the_gate_cannot_make_are_refused_before_any_work(args: list[str], message: str) -> None:
     rc, out = run(*args, "--collect-only")
@@ -133,6 +136,15 @@ def test_a_gate_without_what_it_needs_fails_closed(case: str, message: str, stor
         (folder / "0001_baseline.json").unlink()
     rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "-k", ROWS)
     assert rc == pytest.ExitCode.USAGE_ERROR and message in out and "Traceback" not in out, out
+
+
+def test_trace_puts_the_host_wait_of_each_row_in_its_record(tmp_path: Path) -> None:
+    rc, out = run("-k", "b4-n16 and (kv_static or naive)", "--trace-steps=3:6",
+                  f"--benchmark-json={tmp_path / 'r.json'}")
+    assert rc == 0, out
+    infos = [b["extra_info"] for b in json.loads((tmp_path / "r.json").read_text())["benchmarks"]]
+    assert len(infos) == 2 and all(i["host_wait_us_per_step"] is not None for i in infos), infos
+    assert all(i["gpu_idle_share"] is None for i in infos)  # on CPU: no device to be idle
 
 
 def test_a_selection_that_leaves_nothing_to_judge_fails(storage) -> None:

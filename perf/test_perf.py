@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from generators import GENERATORS, bench
+from generators import GENERATORS, bench, trace
 
 from . import ab, gate
 from .conftest import grid_for
@@ -108,6 +108,9 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     roof = bench.roofline_info(model, batch, input_ids.shape[1], row.steps, median, device)
     row.bytes_per_step, row.floor_ms = roof["bytes_per_step"], roof["floor_ms"]
     row.bandwidth_utilisation, row.copy_GBps = roof["bandwidth_utilisation"], roof["copy_GBps"]
+    if perf_gate.trace:  # after every timing of the row: the profiler never touches a timed generation
+        summary = trace.trace_generation(variant, model, batch, new_tokens, perf_gate.trace, warmup=0).summary
+        row.gpu_idle_share, row.host_wait_us_per_step = summary["gpu_idle_share"], summary["host_wait_us_per_step"]
     row.wall_s = time.perf_counter() - started
     benchmark.extra_info.update(row.info())
     if pytestconfig.getoption("--rows-log"):  # one short append per row: workers share the file safely
