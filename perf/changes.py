@@ -21,6 +21,8 @@ from pathlib import Path
 
 from . import gate
 from .grids import point_id
+from .record import Row
+from .report import verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = Path(__file__).parent / "changes"
@@ -79,9 +81,6 @@ def table(results: list[tuple[Change, str, gate.Verdict]]) -> tuple[str, dict]:
 
 def run_change(change: Change, rows: list[str], out: Path) -> list[tuple[Change, str, gate.Verdict]]:
     """Apply the patch to a fresh worktree of HEAD and run the gate there against HEAD."""
-    from .record import Row
-    from .report import verdicts
-
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     tree = Path(tempfile.mkdtemp(prefix=f"change-{change.name}-"))
