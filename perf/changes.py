@@ -97,8 +97,9 @@ def run_change(change: Change, rows: list[str], out: Path) -> list[tuple[Change,
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
         shutil.rmtree(tree, ignore_errors=True)
-    judged = verdicts([Row.from_info(b["extra_info"]) for b in benchmarks], [b["name"] for b in benchmarks], {})
-    return [(change, Row.from_info(b["extra_info"]).variant, v) for b, v in zip(benchmarks, judged, strict=True)]
+    rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
+    judged = verdicts(rows, [b["name"] for b in benchmarks], {})
+    return [(change, row.variant, v) for row, v in zip(rows, judged, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

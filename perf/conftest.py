@@ -155,7 +155,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     timed = [item for item in items if getattr(item, "originalname", None) == "test_generate"]
     if len(timed) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in timed])
+        others = [item for item in items if getattr(item, "originalname", None) != "test_generate"]
+        config.hook.pytest_deselected(items=others)
         items[:] = timed
 
 
@@ -218,12 +219,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                                                              default=str)
         return
     if _is_controller(config):
-        rows = config.stash[ROWS]
-        save_merged(config, bs, rows)
+        benchmarks = config.stash[ROWS]
+        save_merged(config, bs, benchmarks)
     else:
-        rows = [b.as_dict(include_data=True) for b in bs.benchmarks]
+        benchmarks = [b.as_dict(include_data=True) for b in bs.benchmarks]
     if g.compare:
-        ok, g.report = report.gate_report(g, rows, grid_for(config), workers=_workers(config),
+        ok, g.report = report.gate_report(g, benchmarks, grid_for(config), workers=_workers(config),
                                           wall_s=time.perf_counter() - g.started)
         if config.getoption("--gate-report"):
             Path(config.getoption("--gate-report")).write_text(g.report)

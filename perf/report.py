@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .run import Gate
 
 
-def verdicts(rows: list[Row | None], names: list[str], bands: dict[str, float]) -> list[gate.Verdict]:
+def verdicts(rows: list[Row], names: list[str], bands: dict[str, float]) -> list[gate.Verdict]:
     return [gate.judge(name, row.base_s, row.candidate_s, klass=row.klass, band=bands.get(name),
                        base_mem=row.base_peak, cur_mem=row.candidate_peak)
             for name, row in zip(names, rows, strict=True)]
@@ -69,8 +69,10 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
 def _runner_line(g: Gate, rows: list[Row], names: list[str]) -> str:
     b = g.baseline
     where = f"{b.path.name}, recorded {b.recorded[:10]} at {b.commit[:12]}"
-    base_tree = (store.generators_tree("HEAD") if g.base.commit == ab.SELF and not store.generators_dirty()
-                 else store.generators_tree(g.base.commit) if g.base.commit != ab.SELF else None)
+    if g.base.commit == ab.SELF:  # this tree: its generators/ is a commit's only if nothing in it changed
+        base_tree = None if store.generators_dirty() else store.generators_tree("HEAD")
+    else:
+        base_tree = store.generators_tree(g.base.commit)
     if base_tree != b.tree:
         return (f"not run: the base arm's generators/ is not the code the stored baseline timed ({where}); its "
                 f"times today have nothing stored to compare with.")
@@ -100,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
     except (OSError, ValueError, KeyError, TypeError, store.GateError) as e:
         p.error(f"cannot read the runs: {type(e).__name__}: {e}")
-    judged = verdicts([r for r in rows if r.base_s is not None], [b["name"] for b, r in zip(benchmarks, rows,
-                      strict=True) if r.base_s is not None], bands)
+    paired = [(b["name"], r) for b, r in zip(benchmarks, rows, strict=True) if r.base_s is not None]
+    judged = verdicts([r for _, r in paired], [name for name, _ in paired], bands)
     print(gate.format_table(judged))
     failed = [v.name for v in judged if v.regressed]
     print(f"{len(judged)} rows judged ({len(rows) - len(judged)} without a base arm); regressed: {len(failed)}")
