@@ -97,12 +97,20 @@ def timed_call(name: str, model: torch.nn.Module, input_ids: torch.Tensor, max_n
                eos: int | None, registry: dict | None = None) -> tuple[float, torch.Tensor]:
     """One generation, bracketed by device synchronisation (the generators also sync when they return).
 
-    `registry`: another copy's GENERATORS (the perf gate's base arm), timed by this same harness."""
-    _sync(input_ids.device)
-    start = time.perf_counter()
-    out = (GENERATORS if registry is None else registry)[name](model, input_ids, max_new_tokens, eos_token_id=eos)
-    _sync(input_ids.device)
-    return time.perf_counter() - start, out
+    `registry`: another copy's GENERATORS (the perf gate's base arm), timed by this same harness. The garbage
+    collector is paused inside, as timeit does: a full collection of a process that holds compiled code scans
+    about a million objects, and when it lands is chance, not the loop's speed."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _sync(input_ids.device)
+        start = time.perf_counter()
+        out = (GENERATORS if registry is None else registry)[name](model, input_ids, max_new_tokens, eos_token_id=eos)
+        _sync(input_ids.device)
+        return time.perf_counter() - start, out
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def measure(name: str, model: torch.nn.Module, batch: int, max_new_tokens: int, *, reps: int = 3,

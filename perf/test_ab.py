@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,15 @@ def test_arm_peaks_keep_the_second_pass(monkeypatch: pytest.MonkeyPatch) -> None
     ids = torch.zeros(1, 1, dtype=torch.long)
     assert ab.arm_peaks(base, "kv_static", None, ids, 4, None) == (300, 300)
     assert state["cleared"] == 4  # cuBLAS workspaces freed before every measured generation
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_timed_generation_runs_with_the_collector_paused(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    monkeypatch.setitem(generators.GENERATORS, "spy", lambda *args, **kwargs: seen.append(gc.isenabled()) or "out")
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert bench.timed_call("spy", None, torch.zeros(1, 1), 1, None)[1] == "out"
+        assert seen == [False] and gc.isenabled() == enabled  # paused inside, as it was outside
+    finally:
+        gc.enable()
