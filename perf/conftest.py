@@ -65,6 +65,11 @@ def _worker_index(config: pytest.Config) -> int:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    node.workerinput["decode_gate_loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto`: one worker per visible GPU (None: xdist's default, one per CPU)."""
     return torch.cuda.device_count() if torch.cuda.is_available() else None
@@ -102,6 +107,12 @@ def pytest_configure(config: pytest.Config) -> None:
         warnings.filterwarnings("ignore", message="Benchmarks are automatically disabled because xdist")
     if _is_worker(config):
         _own_gpu(config)
+        # A worker parses the command line afresh: the controller's --dist=loadgroup (below) comes in workerinput.
+        config.option.loadgroup = config.option.loadgroup or config.workerinput.get("decode_gate_loadgroup", False)
+    if _is_controller(config) and config.option.dist == "load":
+        # xdist's default for -n: instead, each grid point to one worker (test_perf marks its xdist_group), so
+        # its rows share one compiled step per arm and its naive row, the speedup column's reference.
+        config.option.dist = "loadgroup"
     on_cuda = torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
     card = torch.cuda.get_device_name(torch.device(config.getoption("--device"))) if on_cuda else "cpu"
     explicit = config.option.benchmark_storage != DEFAULT_STORAGE

@@ -6,6 +6,7 @@ CPU runs may only use a baseline folder given with --benchmark-storage: perf/bas
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_recording_under_workers_writes_one_baseline(tmp_path: Path) -> None:
     [path] = tmp_path.glob("*/0001_baseline.json")
     assert store.latest(path.parent, "cpu").samples.keys() == {"test_generate[naive-b4-n16-float32]",
                                                                "test_generate[kv_static-b4-n16-float32]"}
+    # One grid point, one worker: kv_static's speedup has naive's median beside it (NaN on another worker).
+    speedups = {b["name"]: b["extra_info"]["speedup_vs_naive"] for b in json.loads(path.read_text())["benchmarks"]}
+    assert math.isfinite(speedups["test_generate[kv_static-b4-n16-float32]"]), out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -32,8 +32,9 @@ _NAIVE_MEDIAN: dict[tuple, float] = {}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "variant" in metafunc.fixturenames:
         points = GRIDS[grid_for(metafunc.config)]
-        metafunc.parametrize(("variant", "batch", "new_tokens", "dtype"), points,
-                             ids=[point_id(*point) for point in points])
+        metafunc.parametrize(("variant", "batch", "new_tokens", "dtype"),
+                             [pytest.param(*point, id=point_id(*point), marks=pytest.mark.xdist_group(f"b{b}-n{n}-{d}"))
+                              for point in points for _, b, n, d in [point]])
 
 
 def klass_of(variant: str) -> str:
