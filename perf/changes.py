@@ -43,7 +43,8 @@ CHANGES = [
     Change("host_wait_per_step", "a host wait for every step in the deferred stop check (the post's own regression)",
            frozenset({"cuda_graph_deferred", "lean_graph"})),
     Change("fused_qkv_off", "the lean step's fused q/k/v path switched off", frozenset({"lean_eager", "lean_graph"})),
-    Change("extra_copy_per_step", "a copy of the key cache after every step of the static-cache loop", _STATIC_HF),
+    Change("extra_copy_per_step", "a transposed copy of the key cache made after every step of the static-cache loop",
+           _STATIC_HF),
     Change("cache_twice_as_long", "the static cache allocated for twice the positions", _STATIC_HF),
     Change("docs_only", "a docs-only edit (docs/ci.md): the base arm shares this tree's generators/", frozenset()),
 ]
