@@ -60,6 +60,10 @@ def _is_controller(config: pytest.Config) -> bool:
     return not _is_worker(config) and config.getoption("dist", "no") != "no"
 
 
+def _on_cuda(config: pytest.Config) -> bool:
+    return torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
+
+
 def _worker_index(config: pytest.Config) -> int:
     return int(config.workerinput["workerid"].removeprefix("gw")) if _is_worker(config) else 0
 
@@ -78,7 +82,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def _own_gpu(config: pytest.Config) -> None:
     """An xdist worker takes card N and a slice of the cores of its own: both arms of its rows run there."""
     index, workers = _worker_index(config), int(config.workerinput["workercount"])
-    if torch.cuda.is_available() and config.getoption("--device").startswith("cuda"):
+    if _on_cuda(config):
         if workers > torch.cuda.device_count():
             raise usage(f"-n {workers} workers on {torch.cuda.device_count()} GPUs: two workers would share a card. "
                          f"Use -n auto (one worker per GPU).")
@@ -113,7 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # xdist's default for -n: instead, each grid point to one worker (test_perf marks its xdist_group), so
         # its rows share one compiled step per arm and its naive row, the speedup column's reference.
         config.option.dist = "loadgroup"
-    on_cuda = torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
+    on_cuda = _on_cuda(config)
     card = torch.cuda.get_device_name(torch.device(config.getoption("--device"))) if on_cuda else "cpu"
     explicit = config.option.benchmark_storage != DEFAULT_STORAGE
     if not explicit:  # key the storage by card before pytest-benchmark opens it (its own key is only OS/Python)
@@ -182,8 +186,7 @@ def grid_for(config: pytest.Config) -> str:
     g = config.stash.get(GATE, None)
     if g is not None and g.compare:
         return "gate"
-    on_cuda = torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
-    return "full" if on_cuda else "smoke"
+    return "full" if _on_cuda(config) else "smoke"
 
 
 @pytest.fixture(scope="session")
