@@ -99,7 +99,8 @@ def timed_call(name: str, model: torch.nn.Module, input_ids: torch.Tensor, max_n
 
     `registry`: another copy's GENERATORS (the perf gate's base arm), timed by this same harness. The garbage
     collector is paused inside, as timeit does: a full collection of a process that holds compiled code scans
-    about a million objects, and when it lands is chance, not the loop's speed."""
+    hundreds of thousands of objects (740 thousand on the CPU machine), and when it lands is chance, not the loop's
+    speed."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

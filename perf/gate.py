@@ -194,8 +194,7 @@ def calibrate(sessions: Sequence[Mapping[str, tuple[Sequence[float], Sequence[fl
     logs: dict[str, list[float]] = {}
     for session in sessions:
         for name, (base, cur) in session.items():
-            if classes.get(name) not in CLASSES:
-                raise ValueError(f"{name}: unknown benchmark class {classes.get(name)!r}, expected one of {CLASSES}")
+            _check_class(name, classes.get(name))
             logs.setdefault(name, []).append(abs(math.log(judge(name, base, cur, klass=classes[name]).ratio)))
     bands = {name: max(BAND_FLOOR[classes[name]], math.expm1(SAFETY * max(values)))
              for name, values in logs.items() if len(values) >= 2}

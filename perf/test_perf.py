@@ -33,8 +33,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "variant" in metafunc.fixturenames:
         points = GRIDS[grid_for(metafunc.config)]
         metafunc.parametrize(("variant", "batch", "new_tokens", "dtype"),
-                             [pytest.param(*point, id=point_id(*point), marks=pytest.mark.xdist_group(f"b{b}-n{n}-{d}"))
-                              for point in points for _, b, n, d in [point]])
+                             [pytest.param(v, b, n, d, id=point_id(v, b, n, d),
+                                           marks=pytest.mark.xdist_group(f"b{b}-n{n}-{d}"))
+                              for v, b, n, d in points])
 
 
 def klass_of(variant: str) -> str:
