@@ -161,3 +161,8 @@ def test_a_timed_generation_runs_with_the_collector_paused(enabled: bool, monkey
         assert seen == [False] and gc.isenabled() == enabled  # paused inside, as it was outside
     finally:
         gc.enable()
+
+
+def test_the_first_model_freezes_what_is_alive_before_the_first_row(models_by_dtype) -> None:
+    models_by_dtype("float32")
+    assert gc.get_freeze_count() > 0  # release()'s collections then skip the imports and the model
