@@ -21,7 +21,7 @@ from generators import bench, models, trace
 
 from . import ab, gate, report, store
 from .grids import GRIDS
-from .run import Gate, parse_injected, save_merged, set_up_gate, usage
+from .run import Gate, cores_for, parse_injected, save_merged, set_up_gate, usage
 
 GATE = pytest.StashKey["Gate"]()
 ROWS = pytest.StashKey[list]()  # benchmark dicts sent back by xdist workers
@@ -81,7 +81,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 
 def _own_gpu(config: pytest.Config) -> None:
-    """An xdist worker takes card N and a slice of the cores of its own: both arms of its rows run there."""
+    """An xdist worker takes card N and a slice of the physical cores of its own: both arms of its rows run there."""
     index, workers = _worker_index(config), int(config.workerinput["workercount"])
     if _on_cuda(config):
         if workers > torch.cuda.device_count():
@@ -89,10 +89,9 @@ def _own_gpu(config: pytest.Config) -> None:
                          f"Use -n auto (one worker per GPU).")
         torch.cuda.set_device(index)
         config.option.device = f"cuda:{index}"
-    cores = sorted(os.sched_getaffinity(0))
-    share = len(cores) // workers
-    if share >= 1:
-        os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
+    cores = cores_for(index, workers, sorted(os.sched_getaffinity(0)))
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -42,6 +42,40 @@ def usage(message: str) -> pytest.UsageError:
     return pytest.UsageError(" ".join(message.split()))
 
 
+def cpu_list(text: str) -> set[int]:
+    """The kernel's CPU list format ("0-3,8,10-11") as a set."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        if low:
+            cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def siblings(cpu: int) -> set[int]:
+    """The CPUs that share `cpu`'s physical core (SMT threads), from sysfs; {cpu} where sysfs does not say."""
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+    try:
+        return cpu_list(path.read_text()) | {cpu}
+    except (OSError, ValueError):
+        return {cpu}
+
+
+def cores_for(index: int, workers: int, cpus: list[int], siblings=siblings) -> list[int]:
+    """Worker `index`'s share of `cpus`, whole physical cores only: two SMT threads of one core share its
+    execution units, so a worker compiling on one would slow the launches that another worker times on the other.
+    Empty where there are fewer cores than workers (the caller then leaves the affinity alone)."""
+    cores: list[list[int]] = []
+    seen: set[int] = set()
+    for cpu in sorted(cpus):
+        if cpu not in seen:
+            core = sorted(siblings(cpu) & set(cpus))
+            seen.update(core)
+            cores.append(core)
+    share = len(cores) // workers
+    return [cpu for core in cores[index * share:(index + 1) * share] for cpu in core]
+
+
 def parse_injected(spec: str | None) -> dict[str, float]:
     injected = {}
     for item in filter(None, (spec or "").split(",")):

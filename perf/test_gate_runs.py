@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from . import gate, store
-from .run import parse_injected
+from .run import cores_for, cpu_list, parse_injected
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = "b4-n16 and (naive or kv_static)"
@@ -172,3 +172,18 @@ def test_bad_injected_slowdowns_are_usage_errors(spec: str) -> None:
 
 def test_injected_slowdowns_parse() -> None:
     assert parse_injected("naive:0.5,kv_static:10") == {"naive": 0.5, "kv_static": 10.0}
+
+
+def test_cpu_lists_parse_as_the_kernel_writes_them() -> None:
+    assert cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert cpu_list("5") == {5}
+
+
+def test_workers_get_whole_physical_cores() -> None:
+    # 4 cores with 2 threads each, numbered as Linux does on x86: CPU n and n + 4 share a core.
+    pairs = lambda cpu: {cpu % 4, cpu % 4 + 4}  # noqa: E731
+    cpus = list(range(8))
+    assert [cores_for(i, 2, cpus, pairs) for i in range(2)] == [[0, 4, 1, 5], [2, 6, 3, 7]]
+    assert cores_for(0, 1, cpus, pairs) == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert cores_for(1, 2, [0, 1, 2], lambda cpu: {cpu}) == [1]  # no SMT: one CPU a core, the odd one left idle
+    assert cores_for(2, 3, [0, 4], pairs) == []  # fewer cores than workers: leave the affinity alone
