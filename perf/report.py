@@ -40,7 +40,7 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
         lines.append("**The gate cannot judge: no benchmark ran** (a -k or test id that selects no perf row, or every "
                      "row failed). Nothing was compared, so the gate fails.")
         return False, "\n".join(lines) + "\n"
-    lines.append(f"- Runner check: {_runner_line(g, rows, names)}")
+    lines += _runner_lines(g, rows, names)
     left_out = len(set(order) - set(names))
     selection = f"; {left_out} rows of the {grid} grid were not selected" if left_out else ""
     took = "" if wall_s is None else f" in {wall_s / 60:.1f} min"
@@ -66,7 +66,7 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
     return not failed, "\n".join(lines) + "\n"
 
 
-def _runner_line(g: Gate, rows: list[Row], names: list[str]) -> str:
+def _runner_lines(g: Gate, rows: list[Row], names: list[str]) -> list[str]:
     b = g.baseline
     where = f"{b.path.name}, recorded {b.recorded[:10]} at {b.commit[:12]}"
     if g.base.commit == ab.SELF:  # this tree: its generators/ is a commit's only if nothing in it changed
@@ -74,11 +74,14 @@ def _runner_line(g: Gate, rows: list[Row], names: list[str]) -> str:
     else:
         base_tree = store.generators_tree(g.base.commit)
     if base_tree != b.tree:
-        return (f"not run: the base arm's generators/ is not the code the stored baseline timed ({where}); its "
-                f"times today have nothing stored to compare with.")
+        return [f"- Runner check: not run: the base arm's generators/ is not the code the stored baseline timed "
+                f"({where}); its times today have nothing stored to compare with."]
     today = {name: row.base_s for name, row in zip(names, rows, strict=True) if row.base_s}
     classes = {name: row.klass for name, row in zip(names, rows, strict=True)}
-    return f"base arm today vs its stored times ({where}): {gate.runner_check(today, b.samples, classes).line()}."
+    host = gate.runner_check(today, b.samples, classes, gate.HOST)
+    return [f"- Runner check: base arm today vs its stored times ({where}): "
+            f"{gate.runner_check(today, b.samples, classes).line()}.",
+            f"- Host speed, base arm today vs its stored times: {host.line()}."]
 
 
 def read_rows(path: Path) -> list[dict]:

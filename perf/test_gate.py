@@ -216,6 +216,14 @@ def test_runner_check_names_a_runner_off_its_recorded_speed(factor: float, word:
     assert not check.as_recorded and f"runs {word} than when the baseline was recorded" in check.line()
 
 
+def test_the_hosts_speed_is_told_from_the_host_bound_rows_and_never_judged() -> None:
+    today = {"g": [1.0], "h1": [1.5], "h2": [2.0]}
+    stored = {"g": [1.0], "h1": [1.0], "h2": [1.0]}
+    check = gate.runner_check(today, stored, {"g": DEVICE, "h1": HOST, "h2": HOST}, HOST)
+    assert (check.rows, check.low, check.high) == (2, 1.5, 2.0)
+    assert check.line().startswith("median +75.0% over 2 host-bound rows") and "Reported, not judged" in check.line()
+
+
 def test_runner_check_without_common_rows_says_so() -> None:
     check = gate.runner_check({"g": [1.0]}, {"x": [1.0]}, {"g": DEVICE})
     assert check.ratio is None and "nothing to compare" in check.line()
