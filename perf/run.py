@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +62,8 @@ def siblings(cpu: int) -> set[int]:
         return {cpu}
 
 
-def cores_for(index: int, workers: int, cpus: list[int], siblings=siblings) -> list[int]:
+def cores_for(index: int, workers: int, cpus: list[int],
+              siblings: Callable[[int], set[int]] = siblings) -> list[int]:
     """Worker `index`'s share of `cpus`, whole physical cores only: two SMT threads of one core share its
     execution units, so a worker compiling on one would slow the launches that another worker times on the other.
     Empty where there are fewer cores than workers (the caller then leaves the affinity alone)."""
