@@ -35,6 +35,8 @@ class Row:
     gpu_idle_share: float | None = None  # --trace-steps: share of the traced steps with no kernel running (CUDA only)
     host_wait_us_per_step: float | None = None  # --trace-steps: the host blocked in a synchronisation
     wall_s: float | None = None  # the whole row: warm-up, rounds, memory, compilation included
+    warmup_s: float | None = None  # the warm-up round, both arms: compilation and capture happen there
+    peaks_s: float | None = None  # ab.arm_peaks' generations
     injected_slowdown: float = 0.0  # test-only --inject-slowdown share of the candidate arm
 
     def info(self) -> dict:

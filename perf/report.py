@@ -51,6 +51,9 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
                f"others")
     lines.append(f"- Noise bands: {'per row from ' + store.BANDS + ', else ' if g.bands else ''}{default}. Memory: "
                  f"peak allocated up > {gate.MEMORY_SHARE:.0%} and > {gate.MEMORY_MIN_BYTES >> 20} MiB regresses.")
+    spent = time_spent(rows)
+    if spent:
+        lines.append(f"- {spent}")
     injected = sorted(r.variant for r in rows if r.injected_slowdown)
     if injected:
         lines.append(f"- TEST ONLY: slowdowns injected into {', '.join(injected)} (--inject-slowdown).")
@@ -82,6 +85,21 @@ def _runner_lines(g: Gate, rows: list[Row], names: list[str]) -> list[str]:
     return [f"- Runner check: base arm today vs its stored times ({where}): "
             f"{gate.runner_check(today, b.samples, classes).line()}.",
             f"- Host speed, base arm today vs its stored times: {host.line()}."]
+
+
+def time_spent(rows: list[Row]) -> str | None:
+    """Where the rows' time went, so that a slow gate says whether it was the rounds, the compiler or the memory
+    passes. None: no row measured its wall time."""
+    measured = [r for r in rows if r.wall_s is not None]
+    if not measured:
+        return None
+    wall = sum(r.wall_s for r in measured)
+    timed = sum(sum(r.candidate_s) + sum(r.base_s or []) for r in measured)
+    warmup = sum(r.warmup_s or 0.0 for r in measured)
+    peaks = sum(r.peaks_s or 0.0 for r in measured)
+    return (f"Time: the rows took {wall:.0f} s in all: {timed:.0f} s in timed rounds, {warmup:.0f} s in warm-up rounds "
+            f"(compilation and capture), {peaks:.0f} s in peak-memory passes, {wall - timed - warmup - peaks:.0f} s "
+            f"in the rest (collections, the roofline probe).")
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from . import gate, store
+from .record import Row
+from .report import time_spent
 from .run import cores_for, cpu_list, parse_injected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,8 @@ def test_a_stopped_runs_rows_can_still_be_judged(storage, tmp_path: Path) -> Non
     assert rc == pytest.ExitCode.TESTS_FAILED, out
     result = subprocess.run([sys.executable, "-m", "perf.report", str(rows)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "naive-b4-n16-float32] | regressed" in result.stdout, result.stdout
+    info = json.loads(rows.read_text().splitlines()[0])["extra_info"]
+    assert info["warmup_s"] > 0 and info["wall_s"] > info["warmup_s"] + sum(info["candidate_s"]) + sum(info["base_s"])
 
 
 def test_one_worker_per_device_gives_one_merged_report(storage, tmp_path: Path) -> None:
@@ -187,3 +191,11 @@ def test_workers_get_whole_physical_cores() -> None:
     assert cores_for(0, 1, cpus, pairs) == [0, 4, 1, 5, 2, 6, 3, 7]
     assert cores_for(1, 2, [0, 1, 2], lambda cpu: {cpu}) == [1]  # no SMT: one CPU a core, the odd one left idle
     assert cores_for(2, 3, [0, 4], pairs) == []  # fewer cores than workers: leave the affinity alone
+
+
+def test_the_report_says_where_the_rows_time_went() -> None:
+    row = lambda **kw: Row("v", 1, 8, "float32", gate.HOST, candidate_s=[1.0, 2.0], base_s=[1.0, 1.0], **kw)  # noqa: E731
+    line = time_spent([row(wall_s=20.0, warmup_s=9.0, peaks_s=4.0), row(wall_s=10.0, warmup_s=1.0), row()])
+    assert line.startswith("Time: the rows took 30 s in all: 10 s in timed rounds, 10 s in warm-up rounds")
+    assert "4 s in peak-memory passes, 6 s in the rest" in line
+    assert time_spent([row()]) is None  # no wall time measured: nothing to say

@@ -78,6 +78,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
 
         ab.release(base, device)
         benchmark.pedantic(candidate, setup=base_arm, rounds=gate.FIRST_ROUNDS, warmup_rounds=1, iterations=1)
+        row.warmup_s = row.base_s[0] + row.candidate_s[0]
         del row.base_s[0], row.candidate_s[0]  # the warm-up round: compilation and capture
         judged = lambda: gate.judge(benchmark.name, row.base_s, row.candidate_s, klass=row.klass,  # noqa: E731
                                     band=perf_gate.bands.get(benchmark.name))
@@ -93,6 +94,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
         long_host = row.klass == gate.HOST and new_tokens > 100
         benchmark.pedantic(candidate, rounds=LONG_HOST_ROUNDS if long_host else RECORD_ROUNDS, warmup_rounds=1,
                            iterations=1)
+        row.warmup_s = row.candidate_s[0]
         del row.candidate_s[0]
 
     row.steps = out[0].shape[1] - input_ids.shape[1]
@@ -103,7 +105,9 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     row.speedup_vs_naive = _NAIVE_MEDIAN.get((batch, new_tokens, dtype), float("nan")) / median
     if device.type == "cuda":
         if row.base_s is not None:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py)
+            peaks_started = time.perf_counter()
             row.base_peak, row.candidate_peak = ab.arm_peaks(base, variant, model, input_ids, new_tokens, eos)
+            row.peaks_s = time.perf_counter() - peaks_started
         row.peak_allocated, row.peak_reserved = bench.peak_memory(device)
         row.fragmentation = bench.fragmentation(row.peak_allocated, row.peak_reserved)
     # After the peaks: the first call measures the card's copy bandwidth with 1 GiB of buffers.
