@@ -1,6 +1,7 @@
 """Real code changes, each A/B'd against the commit it patches: the gate's power on changes a pull request could make.
 
     python -m perf.changes --out DIR [--only NAME ...] [--rows ROW ...]   # on a GPU runner, from a clean checkout
+    python -m perf.changes --out DIR --tabulate                          # the table of rows logs already there
 
 Each change is a patch in perf/changes/. It is applied to a temporary worktree of HEAD, and the gate runs there with
 --ab-base=HEAD on a panel of rows that the change touches and rows it does not. The table says, per row, whether the
@@ -11,7 +12,6 @@ the others) or grows its peak memory past 5%, and no alarm where it touches noth
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -22,7 +22,7 @@ from pathlib import Path
 from . import gate
 from .grids import point_id
 from .record import Row
-from .report import verdicts
+from .report import read_rows, verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = Path(__file__).parent / "changes"
@@ -88,19 +88,30 @@ def run_change(change: Change, rows: list[str], out: Path) -> list[tuple[Change,
     try:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), head], check=True)
         subprocess.run(["git", "-C", str(tree), "apply", str(PATCHES / f"{change.name}.patch")], check=True)
-        report = out / f"{change.name}.json"
+        log = rows_log(out, change)
+        log.unlink(missing_ok=True)  # the rows log appends: an earlier run's rows must not be judged again
         cmd = [sys.executable, "-m", "pytest", "perf/test_perf.py", "--benchmark-compare", f"--ab-base={head}",
                "-n", "auto", "-p", "no:cacheprovider", "-q", "-k", " or ".join(rows),
-               f"--benchmark-json={report}", f"--gate-report={out / f'{change.name}.md'}",
-               f"--rows-log={out / f'{change.name}.jsonl'}"]
+               f"--benchmark-json={out / f'{change.name}.json'}", f"--gate-report={out / f'{change.name}.md'}",
+               f"--rows-log={log}"]
         subprocess.run(cmd, cwd=tree, check=False)  # exit 1 is a flagged regression: the verdicts say which
-        benchmarks = json.loads(report.read_text())["benchmarks"]
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
         shutil.rmtree(tree, ignore_errors=True)
+    return judged(change, log)
+
+
+def rows_log(out: Path, change: Change) -> Path:
+    return out / f"{change.name}.jsonl"
+
+
+def judged(change: Change, log: Path) -> list[tuple[Change, str, gate.Verdict]]:
+    """The verdicts of the rows in a change's rows log: every row its run measured, also when the run was stopped
+    before its report (a time limit)."""
+    benchmarks = read_rows(log) if log.is_file() else []
     rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
-    judged = verdicts(rows, [b["name"] for b in benchmarks], {})
-    return [(change, row.variant, v) for row, v in zip(rows, judged, strict=True)]
+    verdict_list = verdicts(rows, [b["name"] for b in benchmarks], {})
+    return [(change, row.variant, v) for row, v in zip(rows, verdict_list, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,19 +119,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for each change's gate report and the summary changes.md")
     p.add_argument("--only", nargs="+", choices=[c.name for c in CHANGES], help="these changes (default: all)")
     p.add_argument("--rows", nargs="+", default=PANEL, help="test ids of the panel (default: 5 variants at b=32, 1)")
+    p.add_argument("--tabulate", action="store_true",
+                   help="run nothing: the table of the rows logs already in --out (runs stopped by a time limit)")
     args = p.parse_args(argv)
     out = Path(args.out)
     if not out.is_dir():
         p.error(f"--out {out}: not a folder")
-    results = []
+    results, unmeasured = [], []
     for change in [c for c in CHANGES if not args.only or c.name in args.only]:
-        print(f"# {change.name}: {change.what}", flush=True)
-        results += run_change(change, args.rows, out)
-        text, tally = table(results)
-        (out / "changes.md").write_text(text)  # after every change: a late failure keeps what ran
+        if args.tabulate:
+            got = judged(change, rows_log(out, change))
+        else:
+            print(f"# {change.name}: {change.what}", flush=True)
+            got = run_change(change, args.rows, out)
+        unmeasured += [] if got else [change.name]
+        results += got
+        (out / "changes.md").write_text(table(results)[0])  # after every change: a late failure keeps what ran
+    text, tally = table(results)
     print(text)
     print(f"required flags caught: {tally['flagged']} of {tally['flag']}; false alarms: {tally['false_alarms']} "
           f"of {tally['quiet']} untouched rows")
+    if unmeasured:  # a change that measured nothing proves nothing: never a pass
+        print(f"no row measured for {', '.join(unmeasured)}: see its {out}/<change>.md or the run's output")
+        return 1
     return 0 if tally["flagged"] == tally["flag"] and not tally["false_alarms"] else 1
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from . import changes, gate
 
@@ -50,3 +51,27 @@ def test_the_table_counts_required_flags_and_false_alarms() -> None:
     assert lines[0].endswith("| regressed | yes (flag) |") and lines[1].endswith("| NO (flag) |")
     assert lines[2].endswith("| yes (either) |") and lines[3].endswith("| NO (quiet) |")
     assert "| host_wait_per_step | cuda_graph_deferred-b32-n100-float32 | yes | +5.0% |" in lines[0]
+
+
+def test_the_table_of_a_stopped_run_comes_from_its_rows_log(tmp_path, capsys) -> None:
+    # extra_copy_per_step over the whole gate grid on an H200 (two runs, the first stopped by a time limit)
+    evidence = changes.ROOT / "perf/evidence/2026-11-30/change_extra_copy_per_step_a097a9c.rows.jsonl"
+    shutil.copy(evidence, tmp_path / "extra_copy_per_step.jsonl")
+    assert changes.main(["--out", str(tmp_path), "--only", "extra_copy_per_step", "--tabulate"]) == 0
+    assert "required flags caught: 14 of 14; false alarms: 0 of 12 untouched rows" in capsys.readouterr().out
+    assert len((tmp_path / "changes.md").read_text().splitlines()) == 2 + 26
+
+
+def test_a_change_that_measured_nothing_fails(tmp_path, capsys) -> None:
+    assert changes.main(["--out", str(tmp_path), "--only", "docs_only", "--tabulate"]) == 1
+    assert "no row measured for docs_only" in capsys.readouterr().out
+
+
+@needs_git
+def test_a_change_run_that_cannot_start_fails_with_the_gates_message(tmp_path, capsys) -> None:
+    # On a machine without CUDA the gate refuses the stored GPU baseline: no row, so the change proves nothing.
+    pytest.importorskip("xdist")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the gate would run")
+    assert changes.main(["--out", str(tmp_path), "--only", "docs_only"]) == 1
+    assert "no row measured for docs_only" in capsys.readouterr().out
