@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.report", description=main.__doc__.split(":")[0].strip("`"))
     p.add_argument("runs", nargs="+", type=Path, help="--benchmark-json or --rows-log files of gate runs")
     p.add_argument("--bands", type=Path, help="a bands.json to judge against (default: the default bands)")
+    p.add_argument("--stopped", action="store_true",
+                   help="head the table as a gate run's report that its run never wrote (a time limit, a crash)")
     args = p.parse_args(argv)
     try:
         bands = store.load_bands(args.bands) if args.bands else {}
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"cannot read the runs: {type(e).__name__}: {e}")
     paired = [(b["name"], r) for b, r in zip(benchmarks, rows, strict=True) if r.base_s is not None]
     judged = verdicts([r for _, r in paired], [name for name, _ in paired], bands)
+    if args.stopped:  # the run ended before judging: whatever these rows say, the gate did not pass
+        print("### Perf gate stopped before its report\n\n**GATE FAILED**: the run ended early (a time limit, a "
+              "crash), so not every row was judged. The rows it measured, judged as they stand:\n")
     print(gate.format_table(judged))
     failed = [v.name for v in judged if v.regressed]
     print(f"{len(judged)} rows judged ({len(rows) - len(judged)} without a base arm); regressed: {len(failed)}")

@@ -76,6 +76,9 @@ def test_a_stopped_runs_rows_can_still_be_judged(storage, tmp_path: Path) -> Non
     assert rc == pytest.ExitCode.TESTS_FAILED, out
     result = subprocess.run([sys.executable, "-m", "perf.report", str(rows)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "naive-b4-n16-float32] | regressed" in result.stdout, result.stdout
+    stopped = subprocess.run([sys.executable, "-m", "perf.report", "--stopped", str(rows)], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert stopped.stdout.startswith("### Perf gate stopped before its report\n\n**GATE FAILED**"), stopped.stdout
     info = json.loads(rows.read_text().splitlines()[0])["extra_info"]
     assert info["warmup_s"] > 0 and info["wall_s"] > info["warmup_s"] + sum(info["candidate_s"]) + sum(info["base_s"])
 
