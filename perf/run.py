@@ -67,11 +67,11 @@ def cores_for(index: int, workers: int, cpus: list[int],
     """Worker `index`'s share of `cpus`, whole physical cores only: two SMT threads of one core share its
     execution units, so a worker compiling on one would slow the launches that another worker times on the other.
     Empty where there are fewer cores than workers (the caller then leaves the affinity alone)."""
+    available, seen = set(cpus), set()
     cores: list[list[int]] = []
-    seen: set[int] = set()
-    for cpu in sorted(cpus):
+    for cpu in sorted(available):
         if cpu not in seen:
-            core = sorted(siblings(cpu) & set(cpus))
+            core = sorted(siblings(cpu) & available)
             seen.update(core)
             cores.append(core)
     share = len(cores) // workers
