@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,11 +104,22 @@ def time_spent(rows: list[Row]) -> str | None:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Benchmark dicts from a --benchmark-json file or a --rows-log file (JSON lines)."""
+    """Benchmark dicts from a --benchmark-json file or a --rows-log file (JSON lines). A rows log's last line cut
+    short (the run was killed while a worker wrote it) is left out with a note on stderr; a cut line elsewhere is an
+    error."""
     text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)["benchmarks"]
+    if path.suffix != ".jsonl":
+        return json.loads(text)["benchmarks"]
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    try:
+        rows += [json.loads(line) for line in lines[-1:]]
+    except ValueError:
+        if text.endswith("\n"):  # a whole line that does not parse: not a cut, a corrupt log
+            raise
+        print(f"perf.report: {path}: its last line is cut short (the run was stopped while writing it); that row "
+              f"is left out", file=sys.stderr)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,17 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stopped", action="store_true",
                    help="head the table as a gate run's report that its run never wrote (a time limit, a crash)")
     args = p.parse_args(argv)
+    if args.stopped:  # the run ended before judging: whatever these rows say, the gate did not pass
+        print("### Perf gate stopped before its report\n\n**GATE FAILED**: the run ended early (a time limit, a "
+              "crash), so not every row was judged. The rows it measured, judged as they stand:\n")
     try:
         bands = store.load_bands(args.bands) if args.bands else {}
         benchmarks = [b for path in args.runs for b in read_rows(path)]
         rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
     except (OSError, ValueError, KeyError, TypeError, store.GateError) as e:
+        if args.stopped:  # the header above stays the report: a summary must never come out empty
+            print(f"The rows could not be read either: {type(e).__name__}: {e}")
+            return 2
         p.error(f"cannot read the runs: {type(e).__name__}: {e}")
     paired = [(b["name"], r) for b, r in zip(benchmarks, rows, strict=True) if r.base_s is not None]
     judged = verdicts([r for _, r in paired], [name for name, _ in paired], bands)
-    if args.stopped:  # the run ended before judging: whatever these rows say, the gate did not pass
-        print("### Perf gate stopped before its report\n\n**GATE FAILED**: the run ended early (a time limit, a "
-              "crash), so not every row was judged. The rows it measured, judged as they stand:\n")
     print(gate.format_table(judged))
     failed = [v.name for v in judged if v.regressed]
     print(f"{len(judged)} rows judged ({len(rows) - len(judged)} without a base arm); regressed: {len(failed)}")

@@ -16,7 +16,8 @@ import pytest
 
 from . import gate, store
 from .record import Row
-from .report import time_spent
+from .report import main as report_main
+from .report import read_rows, time_spent
 from .run import cores_for, cpu_list, parse_injected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,3 +203,19 @@ def test_the_report_says_where_the_rows_time_went() -> None:
     assert line.startswith("Time: the rows took 30 s in all: 10 s in timed rounds, 10 s in warm-up rounds")
     assert "4 s in peak-memory passes, 6 s in the rest" in line
     assert time_spent([row()]) is None  # no wall time measured: nothing to say
+
+
+def test_a_rows_log_cut_by_a_kill_still_gives_a_report(tmp_path: Path, capsys) -> None:
+    row = Row("naive", 1, 8, "float32", gate.HOST, candidate_s=[1.0] * 5, base_s=[1.0] * 5)
+    whole = json.dumps({"name": "test_generate[naive-b1-n8-float32]", "extra_info": row.info()}) + "\n"
+    log = tmp_path / "rows.jsonl"
+    log.write_text(whole + whole[:40])  # the kill came while the second row was being written
+    assert len(read_rows(log)) == 1
+    assert "its last line is cut short" in capsys.readouterr().err
+    log.write_text(whole[:40] + "\n" + whole)  # a cut line that is not the last: the log is corrupt
+    with pytest.raises(ValueError):
+        read_rows(log)
+    # --stopped never leaves the summary empty: the header stays, with the reason the rows could not be read.
+    assert report_main(["--stopped", str(tmp_path / "missing.jsonl")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("### Perf gate stopped before its report") and "could not be read either" in out
