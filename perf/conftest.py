@@ -21,7 +21,7 @@ from generators import bench, models, trace
 
 from . import ab, gate, report, store
 from .grids import GRIDS
-from .run import Gate, cores_for, parse_injected, save_merged, set_up_gate, usage
+from .run import Gate, cores_for, narrow_workers, parse_injected, save_merged, set_up_gate, usage, visible_cards
 
 GATE = pytest.StashKey["Gate"]()
 ROWS = pytest.StashKey[list]()  # benchmark dicts sent back by xdist workers
@@ -69,9 +69,20 @@ def _worker_index(config: pytest.Config) -> int:
     return int(config.workerinput["workerid"].removeprefix("gw")) if _is_worker(config) else 0
 
 
+CARDS = pytest.StashKey[list]()  # the cards the controller hands out, one a worker
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list) -> None:
+    if _on_cuda(config):
+        config.stash[CARDS] = visible_cards(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+        narrow_workers(specs, config.stash[CARDS])
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     node.workerinput["decode_gate_loadgroup"] = node.config.option.dist == "loadgroup"
+    node.workerinput["decode_gate_cards"] = len(node.config.stash.get(CARDS, []))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -84,11 +95,11 @@ def _own_gpu(config: pytest.Config) -> None:
     """An xdist worker takes card N and a slice of the physical cores of its own: both arms of its rows run there."""
     index, workers = _worker_index(config), int(config.workerinput["workercount"])
     if _on_cuda(config):
-        if workers > torch.cuda.device_count():
-            raise usage(f"-n {workers} workers on {torch.cuda.device_count()} GPUs: two workers would share a card. "
+        cards = config.workerinput.get("decode_gate_cards", 0)
+        if workers > cards:
+            raise usage(f"-n {workers} workers on {cards} GPUs: two workers would share a card. "
                          f"Use -n auto (one worker per GPU).")
-        torch.cuda.set_device(index)
-        config.option.device = f"cuda:{index}"
+        config.option.device = "cuda:0"  # its card alone is visible (narrow_workers)
     cores = cores_for(index, workers, sorted(os.sched_getaffinity(0)))
     if cores:
         os.sched_setaffinity(0, cores)

@@ -62,6 +62,23 @@ def siblings(cpu: int) -> set[int]:
         return {cpu}
 
 
+def visible_cards(env: str | None, count: int) -> list[str]:
+    """The cards this process may use, named as CUDA_VISIBLE_DEVICES names them (indices or UUIDs): the variable's
+    first `count` entries (the count CUDA sees), or 0..count-1 where it is not set."""
+    if env is None:
+        return [str(i) for i in range(count)]
+    return [entry.strip() for entry in env.split(",")][:count]
+
+
+def narrow_workers(specs: list, cards: list[str]) -> None:
+    """Worker N starts with CUDA_VISIBLE_DEVICES=cards[N] (its execnet spec's env, set before it imports torch), so
+    every worker computes on cuda:0: compiled code is cached under keys that hold the inputs' device index, and a
+    step compiled on card 1 would be compiled afresh on card 0 (docs/gate.md, "More GPUs"). Workers past the cards
+    are left as they are: each refuses to run (two workers would share a card)."""
+    for spec, card in zip(specs, cards, strict=False):
+        spec.env["CUDA_VISIBLE_DEVICES"] = card
+
+
 def cores_for(index: int, workers: int, cpus: list[int],
               siblings: Callable[[int], set[int]] = siblings) -> list[int]:
     """Worker `index`'s share of `cpus`, whole physical cores only: two SMT threads of one core share its
