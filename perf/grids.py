@@ -22,3 +22,15 @@ def point_id(variant: str, batch: int, new_tokens: int, dtype: str) -> str:
 
 def bench_name(variant: str, batch: int, new_tokens: int, dtype: str) -> str:
     return f"test_generate[{point_id(variant, batch, new_tokens, dtype)}]"
+
+
+def xdist_group(variant: str, batch: int, new_tokens: int, dtype: str, *, gate: bool) -> str:
+    """The rows that one xdist worker runs together. A recording keeps a grid point together: its naive row is the
+    speedup column's reference. The gate splits a point by compiled step, so that workers stay evenly loaded (two
+    groups on two GPUs left one worker idle for a third of the run on 2026-11-30): variants that compile the same
+    step (one cache policy) share a group, every other variant is a group of its own."""
+    point = f"b{batch}-n{new_tokens}-{dtype}"
+    if not gate:
+        return point
+    g = GENERATORS[variant]
+    return f"{point}-{g.cache.__name__}-compiled" if g.compiles else f"{point}-{variant}"

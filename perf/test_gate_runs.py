@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from generators import GENERATORS
+
 from . import gate, store
+from .grids import GRIDS, xdist_group
 from .record import Row
 from .report import main as report_main
 from .report import read_rows, time_spent
-from .run import cores_for, cpu_list, parse_injected
+from .run import cores_for, cpu_list, narrow_workers, parse_injected, visible_cards
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = "b4-n16 and (naive or kv_static)"
@@ -195,6 +198,30 @@ def test_workers_get_whole_physical_cores() -> None:
     assert cores_for(0, 1, cpus, pairs) == [0, 4, 1, 5, 2, 6, 3, 7]
     assert cores_for(1, 2, [0, 1, 2], lambda cpu: {cpu}) == [1]  # no SMT: one CPU a core, the odd one left idle
     assert cores_for(2, 3, [0, 4], pairs) == []  # fewer cores than workers: leave the affinity alone
+
+
+def test_each_worker_sees_its_card_alone() -> None:
+    # Worker N computes on cuda:0 with card N alone visible: compiled code's cache keys hold the device index.
+    assert visible_cards(None, 2) == ["0", "1"]
+    assert visible_cards("3, 5,7", 2) == ["3", "5"]  # CUDA sees 2 of them: the first two are the cards
+    assert visible_cards("GPU-1a2b,GPU-3c4d", 2) == ["GPU-1a2b", "GPU-3c4d"]
+    execnet = pytest.importorskip("execnet")  # pytest-xdist's transport
+    specs = [execnet.XSpec("popen"), execnet.XSpec("popen"), execnet.XSpec("popen")]
+    narrow_workers(specs, ["3", "5"])
+    assert [spec.env.get("CUDA_VISIBLE_DEVICES") for spec in specs] == ["3", "5", None]  # the third one refuses
+
+
+def test_the_gate_splits_a_grid_point_by_compiled_step() -> None:
+    gate_grid = GRIDS["gate"]
+    groups = {p: xdist_group(*p, gate=True) for p in gate_grid}
+    by_group: dict[str, set[str]] = {}
+    for (variant, *_), group in groups.items():
+        by_group.setdefault(group, set()).add(variant)
+    compiled = {v for v, g in GENERATORS.items() if g.compiles}
+    for variants in by_group.values():  # a compiled step's variants together, everything else alone
+        assert len(variants) == 1 or variants <= compiled and len({GENERATORS[v].cache for v in variants}) == 1
+    assert {"static_compiled", "cuda_graph", "pipelined"} <= next(v for v in by_group.values() if "cuda_graph" in v)
+    assert len({xdist_group(*p, gate=False) for p in gate_grid}) == 2  # a recording: one group a grid point
 
 
 def test_the_report_says_where_the_rows_time_went() -> None:

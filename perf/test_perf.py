@@ -17,8 +17,8 @@ import torch
 from generators import GENERATORS, bench, trace
 
 from . import ab, gate
-from .conftest import grid_for
-from .grids import GRIDS, point_id
+from .conftest import GATE, grid_for
+from .grids import GRIDS, point_id, xdist_group
 from .record import Row
 from .run import Gate
 
@@ -32,9 +32,11 @@ _NAIVE_MEDIAN: dict[tuple, float] = {}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "variant" in metafunc.fixturenames:
         points = GRIDS[grid_for(metafunc.config)]
+        g = metafunc.config.stash.get(GATE, None)
+        gating = g is not None and g.compare
         metafunc.parametrize(("variant", "batch", "new_tokens", "dtype"),
                              [pytest.param(v, b, n, d, id=point_id(v, b, n, d),
-                                           marks=pytest.mark.xdist_group(f"b{b}-n{n}-{d}"))
+                                           marks=pytest.mark.xdist_group(xdist_group(v, b, n, d, gate=gating)))
                               for v, b, n, d in points])
 
 
