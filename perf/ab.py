@@ -25,7 +25,7 @@ import torch
 import generators
 from generators import bench
 
-from . import store
+from . import gate, store
 
 ROOT = Path(__file__).resolve().parents[1]
 SELF = "self"
@@ -127,7 +127,7 @@ def release(base: Base, device: torch.device) -> None:
 def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
               eos: int | None) -> tuple[int, int]:
     """Peak allocated bytes above what the process held when that arm started: the base arm's, then the
-    candidate's, each from a clean slate.
+    candidate's, each from a clean slate, alternating as in the timed rounds (gate.settled_peaks: which passes count).
 
     Above what it held: on an H200 the second arm's absolute peak was a constant ~33 MiB higher in A/A runs (what
     the first arm's compiled step and graph leave behind after release), +3.9% of a CUDA-graph row's peak at
@@ -136,16 +136,18 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
     in the caching allocator (32 + 1 MiB on an H200) and torch frees them when a CUDA graph is captured, so
     whichever arm finds them freed pays for them again. Freeing them before each arm makes both arms pay.
     That alone left the first arm of `pipelined` 790 MiB above the second (1089 vs 299 MiB, 2 of 2 A/A runs):
-    whatever the first generation after the freeing allocates once. So both arms are measured twice, B C B C,
-    and the second pass is kept: there each arm follows the other one, as in the timed rounds.
+    whatever the first generation after the freeing allocates once, hence a first pass that is not kept.
     """
     device = input_ids.device
-    peaks = []
-    for package in (base.package, generators) * 2:
+    packages = (base.package, generators)
+
+    def measure(arm: int) -> int:
         getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()  # private; absent: peaks as before
         release(base, device)  # its empty_cache returns the freed workspaces too
         held = torch.cuda.memory_allocated(device)
-        bench.timed_call(variant, model, input_ids, max_new_tokens, eos, registry=package.GENERATORS)
-        peaks.append(bench.peak_memory(device)[0] - held)
+        bench.timed_call(variant, model, input_ids, max_new_tokens, eos, registry=packages[arm].GENERATORS)
+        return bench.peak_memory(device)[0] - held
+
+    peaks = gate.settled_peaks(measure)
     gc.collect()
-    return peaks[2], peaks[3]
+    return peaks

@@ -113,6 +113,20 @@ def judge(name: str, base_samples: Sequence[float] | None, cur_samples: Sequence
     return Verdict(name, status, klass, ratio, low, high, band, source, mem_ratio, mem_delta, mem_status, len(cur))
 
 
+def settled_peaks(measure: Callable[[int], int]) -> tuple[int, int]:
+    """(base, candidate) peak bytes from ``measure(arm)`` (0 the base arm, 1 the candidate), one generation a call,
+    arms alternating. The first pass is dropped: the first generation after the clean slate allocates some memory
+    once. Where the second pass's arms differ by more than MEMORY_MIN_BYTES, two more passes run and each arm keeps
+    the median of its three: one generation's peak can miss or gain one cuBLAS workspace (33 MiB on an H200; in an
+    A/A run on 2026-11-30 lean_graph b1's base arm read 106.3 MiB against 139.3 in every other arm), while a real
+    change of the code moves every pass alike."""
+    passes = [(measure(0), measure(1)) for _ in range(2)][1:]
+    if abs(passes[0][1] - passes[0][0]) > MEMORY_MIN_BYTES:
+        passes += [(measure(0), measure(1)) for _ in range(2)]
+    base, candidate = zip(*passes, strict=True)
+    return int(statistics.median(base)), int(statistics.median(candidate))
+
+
 def settled(v: Verdict) -> bool:
     """More rounds are not needed: a change called on >= FLAG_ROUNDS rounds, or no change with the whole CI inside
     +-(midway from the band to BAR): a change the gate must flag is then ruled out with a margin."""

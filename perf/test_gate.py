@@ -303,3 +303,38 @@ def test_calibrate_command_errors_are_one_line(case: str, message: str, tmp_path
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+MIB = 1 << 20
+
+
+def peaks_run(values: list[int]) -> tuple[tuple[int, int], int]:
+    """settled_peaks over a list of generations' peaks (B C B C ...): (its result, the generations it ran)."""
+    ran = iter(values)
+    count = [0]
+
+    def measure(arm: int) -> int:
+        count[0] += 1
+        return next(ran)
+
+    return gate.settled_peaks(measure), count[0]
+
+
+def test_peaks_drop_the_first_pass_and_stop_where_the_arms_agree() -> None:
+    # pipelined on an H200: the first generation after the clean slate allocated 790 MiB once.
+    assert peaks_run([1089 * MIB, 299 * MIB, 299 * MIB, 299 * MIB]) == ((299 * MIB, 299 * MIB), 4)
+
+
+def test_one_generation_short_of_a_workspace_is_outvoted() -> None:
+    # The A/A false alarm of 2026-11-30: lean_graph b1's base arm read 106.3 MiB once, 139.3 in every other arm.
+    typical, short = 139 * MIB, 106 * MIB
+    assert peaks_run([typical, typical, short, typical, typical, typical, typical, typical]) == ((typical, typical), 8)
+    assert peaks_run([typical, typical, typical, short, typical, typical, typical, typical]) == ((typical, typical), 8)
+
+
+def test_a_real_rise_in_memory_survives_the_extra_passes() -> None:
+    # cache_twice_as_long at b1: +7.1 MiB in every generation of the candidate arm.
+    base, grown = 100 * MIB, 107 * MIB
+    (b, c), ran = peaks_run([base, grown] * 4)
+    assert (b, c, ran) == (base, grown, 8)
+    assert gate.judge("x", [1.0] * 5, [1.0] * 5, klass=gate.DEVICE, base_mem=b, cur_mem=c).regressed
