@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         window = trace.parse_window(args.trace) if args.trace else None
-    except SystemExit as e:
+    except ValueError as e:
         p.error(str(e))
     device = pick_device(p, args.device)
     on_cuda = device.type == "cuda"

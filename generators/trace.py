@@ -156,13 +156,14 @@ class Trace(NamedTuple):
 
 
 def parse_window(text: str) -> tuple[int, int]:
-    """--trace START:STOP, decode steps START..STOP-1 with 1 <= START < STOP (step 0 is the prefill)."""
+    """--trace START:STOP, decode steps START..STOP-1 with 1 <= START < STOP (step 0 is the prefill); ValueError
+    otherwise (the caller turns it into its usage error)."""
     try:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError:
         start = stop = 0
     if not 1 <= start < stop:
-        raise SystemExit(f"--trace wants START:STOP decode steps with 1 <= START < STOP, like 30:50, got {text!r}")
+        raise ValueError(f"--trace wants START:STOP decode steps with 1 <= START < STOP, like 30:50, got {text!r}")
     return start, stop
 
 

@@ -150,7 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--trace-steps"):
         try:
             g.trace = trace.parse_window(config.getoption("--trace-steps"))
-        except SystemExit as e:
+        except ValueError as e:
             raise usage(str(e)) from None
         if compare or recording:
             raise usage("--trace-steps profiles each row after its timings, and a profiler can leave CUPTI attached, "

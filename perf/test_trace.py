@@ -160,7 +160,7 @@ def test_events_from_chrome() -> None:
 def test_trace_window_is_checked() -> None:
     assert parse_window("30:50") == (30, 50)
     for bad in ("0:5", "5:5", "7:3", "5", "a:b"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(ValueError, match="wants START:STOP"):
             parse_window(bad)
     with pytest.raises(ValueError, match="trace window"), profiling.tracing((0, 4), False, print):
         pass
