@@ -19,10 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gate
+from . import gate, report
 from .grids import point_id
-from .record import Row
-from .report import read_rows, verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = Path(__file__).parent / "changes"
@@ -110,10 +108,7 @@ def rows_log(out: Path, change: Change) -> Path:
 def judged(change: Change, log: Path) -> list[tuple[Change, str, gate.Verdict]]:
     """The verdicts of the rows in a change's rows log: every row its run measured, also when the run was stopped
     before its report (a time limit)."""
-    benchmarks = read_rows(log) if log.is_file() else []
-    rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
-    verdict_list = verdicts(rows, [b["name"] for b in benchmarks], {})
-    return [(change, row.variant, v) for row, v in zip(rows, verdict_list, strict=True)]
+    return [(change, row.variant, v) for row, v in report.judged(report.read_rows(log) if log.is_file() else [], {})]
 
 
 def main(argv: list[str] | None = None) -> int:

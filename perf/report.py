@@ -22,6 +22,12 @@ def verdicts(rows: list[Row], names: list[str], bands: dict[str, float]) -> list
             for name, row in zip(names, rows, strict=True)]
 
 
+def judged(benchmarks: list[dict], bands: dict[str, float]) -> list[tuple[Row, gate.Verdict]]:
+    """Each benchmark dict's row and its verdict (NEW where the row has no base arm)."""
+    rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
+    return list(zip(rows, verdicts(rows, [b["name"] for b in benchmarks], bands), strict=True))
+
+
 def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None
                 ) -> tuple[bool, str]:
     """(passed, markdown) for the benchmark dicts of one gate run."""
@@ -62,11 +68,11 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
     if differ:
         lines.append(f"- Tokens differ from the base arm's in {', '.join(differ)}: a change of behaviour, not of "
                      f"speed (run `python -m pytest correctness` to see whether it is a near-tie).")
-    judged = verdicts(rows, names, g.bands)
-    lines += ["", gate.format_table(judged)]
-    failed = [v.name for v in judged if v.regressed]
+    row_verdicts = verdicts(rows, names, g.bands)
+    lines += ["", gate.format_table(row_verdicts)]
+    failed = [v.name for v in row_verdicts if v.regressed]
     lines.append(f"**GATE FAILED**: {len(failed)} regressed: {', '.join(failed)}" if failed else
-                 f"**Gate passed**: no row regressed in time or memory ({len(judged)} judged).")
+                 f"**Gate passed**: no row regressed in time or memory ({len(row_verdicts)} judged).")
     return not failed, "\n".join(lines) + "\n"
 
 
@@ -136,18 +142,16 @@ def main(argv: list[str] | None = None) -> int:
               "crash), so not every row was judged. The rows it measured, judged as they stand:\n")
     try:
         bands = store.load_bands(args.bands) if args.bands else {}
-        benchmarks = [b for path in args.runs for b in read_rows(path)]
-        rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
+        results = judged([b for path in args.runs for b in read_rows(path)], bands)
     except (OSError, ValueError, KeyError, TypeError, store.GateError) as e:
         if args.stopped:  # the header above stays the report: a summary must never come out empty
             print(f"The rows could not be read either: {type(e).__name__}: {e}")
             return 2
         p.error(f"cannot read the runs: {type(e).__name__}: {e}")
-    paired = [(b["name"], r) for b, r in zip(benchmarks, rows, strict=True) if r.base_s is not None]
-    judged = verdicts([r for _, r in paired], [name for name, _ in paired], bands)
-    print(gate.format_table(judged))
-    failed = [v.name for v in judged if v.regressed]
-    print(f"{len(judged)} rows judged ({len(rows) - len(judged)} without a base arm); regressed: {len(failed)}")
+    paired = [v for row, v in results if row.base_s is not None]
+    print(gate.format_table(paired))
+    failed = [v.name for v in paired if v.regressed]
+    print(f"{len(paired)} rows judged ({len(results) - len(paired)} without a base arm); regressed: {len(failed)}")
     return 1 if failed else 0
 
 
