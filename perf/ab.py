@@ -48,14 +48,7 @@ def load_base(ref: str, *, repo: Path = ROOT, name: str = "generators_base") -> 
     """The base arm for ``--ab-base=REF``; pytest.UsageError if git, the ref or its generators/ is missing."""
     if ref == SELF:
         return Base(SELF, SELF, generators)
-    git = shutil.which("git")
-    if git is None:
-        raise pytest.UsageError(f"--ab-base={ref}: git is not on PATH; it is needed to extract the base arm")
-
-    def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([git, "-C", str(repo), *args], capture_output=True, check=False, **kwargs)
-
-    resolved = run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", text=True)
+    resolved = store.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", repo=repo)
     if resolved.returncode != 0:
         hint = ""
         if re.fullmatch(r"[0-9a-fA-F]{7,40}", ref):
@@ -67,7 +60,7 @@ def load_base(ref: str, *, repo: Path = ROOT, name: str = "generators_base") -> 
         return Base(ref, commit, generators)
     tmpdir = Path(tempfile.mkdtemp(prefix="ab-base-"))
     try:
-        archive = run("archive", "--format=tar", commit, "generators")
+        archive = store.git("archive", "--format=tar", commit, "generators", repo=repo, text=False)
         if archive.returncode != 0:
             raise pytest.UsageError(f"--ab-base={ref}: commit {commit[:12]} has no generators/ package "
                                     f"({archive.stderr.decode(errors='replace').strip()})")

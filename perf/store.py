@@ -92,22 +92,23 @@ def load_bands(path: Path) -> dict[str, float]:
     return bands
 
 
-def _git(*args: str, repo: Path = ROOT) -> subprocess.CompletedProcess:
-    git = shutil.which("git")
-    if git is None:
+def git(*args: str, repo: Path = ROOT, text: bool = True) -> subprocess.CompletedProcess:
+    """`git -C repo ARGS`, output captured; GateError if git is missing."""
+    exe = shutil.which("git")
+    if exe is None:
         raise GateError("git is not on PATH: the gate needs it to import its base arm from a commit.")
-    return subprocess.run([git, "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    return subprocess.run([exe, "-C", str(repo), *args], capture_output=True, text=text, check=False)
 
 
 def generators_tree(commit: str = "HEAD", repo: Path = ROOT) -> str | None:
     """Git's tree id of generators/ at `commit`, or None if there is none."""
-    out = _git("rev-parse", "--verify", "--quiet", f"{commit}:generators", repo=repo)
+    out = git("rev-parse", "--verify", "--quiet", f"{commit}:generators", repo=repo)
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def generators_dirty(repo: Path = ROOT) -> list[str]:
     """Files of generators/ that differ from HEAD, untracked ones included (ignored ones, like caches, not)."""
-    out = _git("status", "--porcelain", "--untracked-files=all", "--", "generators", repo=repo)
+    out = git("status", "--porcelain", "--untracked-files=all", "--", "generators", repo=repo)
     if out.returncode != 0:
         raise GateError(f"git status failed in {repo}: {out.stderr.strip()}")
     return [line[3:] for line in out.stdout.splitlines()]

@@ -15,7 +15,7 @@ import torch
 import generators
 from generators import bench, models
 
-from . import ab
+from . import ab, store
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git not on PATH")
@@ -73,9 +73,10 @@ def test_a_ref_without_generators_is_a_usage_error(repo: Path) -> None:
         ab.load_base("HEAD", repo=repo)
 
 
-def test_missing_git_is_a_usage_error(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ab.shutil, "which", lambda name: None)
-    with pytest.raises(pytest.UsageError, match="git is not on PATH"):
+def test_missing_git_is_an_error_the_gate_can_name(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GateError: perf/conftest.py turns it into a usage error, as for a missing baseline.
+    monkeypatch.setattr(store.shutil, "which", lambda name: None)
+    with pytest.raises(store.GateError, match="git is not on PATH"):
         ab.load_base("HEAD", repo=repo)
 
 
