@@ -104,9 +104,16 @@ def time_spent(rows: list[Row]) -> str | None:
     timed = sum(sum(r.candidate_s) + sum(r.base_s or []) for r in measured)
     warmup = sum(r.warmup_s or 0.0 for r in measured)
     peaks = sum(r.peaks_s or 0.0 for r in measured)
-    return (f"Time: the rows took {wall:.0f} s in all: {timed:.0f} s in timed rounds, {warmup:.0f} s in warm-up rounds "
+    line = (f"Time: the rows took {wall:.0f} s in all: {timed:.0f} s in timed rounds, {warmup:.0f} s in warm-up rounds "
             f"(compilation and capture), {peaks:.0f} s in peak-memory passes, {wall - timed - warmup - peaks:.0f} s "
             f"in the rest (collections, the roofline probe).")
+    busy: dict[str, float] = {}
+    for r in measured:
+        if r.worker is not None:
+            busy[r.worker] = busy.get(r.worker, 0.0) + r.wall_s
+    if len(busy) > 1:  # how evenly the rows spread over the GPUs: the run ends with the busiest worker
+        line += " Rows per worker: " + ", ".join(f"{w} {s:.0f} s" for w, s in sorted(busy.items())) + "."
+    return line
 
 
 def read_rows(path: Path) -> list[dict]:

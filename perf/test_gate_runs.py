@@ -94,8 +94,10 @@ def test_one_worker_per_device_gives_one_merged_report(storage, tmp_path: Path) 
                   "--ab-rounds=15", "-n", "2", f"--benchmark-json={tmp_path / 'gate.json'}")
     assert rc == pytest.ExitCode.TESTS_FAILED, out
     assert "x 2" in out and "naive-b4-n16-float32] | regressed" in out and "kv_static-b4-n16-float32] |" in out
-    names = {b["name"] for b in json.loads((tmp_path / "gate.json").read_text())["benchmarks"]}
-    assert names == {"test_generate[naive-b4-n16-float32]", "test_generate[kv_static-b4-n16-float32]"}
+    benchmarks = json.loads((tmp_path / "gate.json").read_text())["benchmarks"]
+    assert {b["name"] for b in benchmarks} == {"test_generate[naive-b4-n16-float32]",
+                                               "test_generate[kv_static-b4-n16-float32]"}
+    assert {b["extra_info"]["worker"] for b in benchmarks} <= {"gw0", "gw1"}  # the report's rows per worker
 
 
 def test_recording_under_workers_writes_one_baseline(tmp_path: Path) -> None:
@@ -230,6 +232,9 @@ def test_the_report_says_where_the_rows_time_went() -> None:
     assert line.startswith("Time: the rows took 30 s in all: 10 s in timed rounds, 10 s in warm-up rounds")
     assert "4 s in peak-memory passes, 6 s in the rest" in line
     assert time_spent([row()]) is None  # no wall time measured: nothing to say
+    assert "per worker" not in line  # one process: nothing to spread
+    spread = time_spent([row(wall_s=20.0, worker="gw1"), row(wall_s=10.0, worker="gw0"), row(wall_s=5.0, worker="gw0")])
+    assert spread.endswith("Rows per worker: gw0 15 s, gw1 20 s.")
 
 
 def test_a_rows_log_cut_by_a_kill_still_gives_a_report(tmp_path: Path, capsys) -> None:

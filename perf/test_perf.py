@@ -9,6 +9,7 @@ verdict is settled (perf/gate.py). Without it, the rows are timed alone: a basel
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -52,7 +53,7 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     input_ids = bench.post_prompt(model, batch, device)
     eos = bench.eos_of(model)
     row = Row(variant, batch, new_tokens, dtype, klass_of(variant),
-              injected_slowdown=perf_gate.injected.get(variant, 0.0))
+              injected_slowdown=perf_gate.injected.get(variant, 0.0), worker=os.environ.get("PYTEST_XDIST_WORKER"))
     out = []
 
     def candidate() -> None:
