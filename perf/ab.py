@@ -45,7 +45,8 @@ class Base:
 
 
 def load_base(ref: str, *, repo: Path = ROOT, name: str = "generators_base") -> Base:
-    """The base arm for ``--ab-base=REF``; pytest.UsageError if git, the ref or its generators/ is missing."""
+    """The base arm for ``--ab-base=REF``; pytest.UsageError if the ref or its generators/ is missing,
+    store.GateError if git is."""
     if ref == SELF:
         return Base(SELF, SELF, generators)
     resolved = store.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", repo=repo)

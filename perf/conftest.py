@@ -125,8 +125,8 @@ def pytest_configure(config: pytest.Config) -> None:
         # A worker parses the command line afresh: the controller's --dist=loadgroup (below) comes in workerinput.
         config.option.loadgroup = config.option.loadgroup or config.workerinput.get("decode_gate_loadgroup", False)
     if _is_controller(config) and config.option.dist == "load":
-        # xdist's default for -n: instead, each grid point to one worker (test_perf marks its xdist_group), so
-        # its rows share one compiled step per arm and its naive row, the speedup column's reference.
+        # xdist's default for -n: instead, the groups test_perf marks (grids.xdist_group), so that the rows
+        # sharing a compiled step run in one worker, and a recording's naive row beside its grid point.
         config.option.dist = "loadgroup"
     on_cuda = _on_cuda(config)
     card = torch.cuda.get_device_name(torch.device(config.getoption("--device"))) if on_cuda else "cpu"

@@ -16,16 +16,14 @@ if TYPE_CHECKING:
     from .run import Gate
 
 
-def verdicts(rows: list[Row], names: list[str], bands: dict[str, float]) -> list[gate.Verdict]:
-    return [gate.judge(name, row.base_s, row.candidate_s, klass=row.klass, band=bands.get(name),
-                       base_mem=row.base_peak, cur_mem=row.candidate_peak)
-            for name, row in zip(names, rows, strict=True)]
-
-
 def judged(benchmarks: list[dict], bands: dict[str, float]) -> list[tuple[Row, gate.Verdict]]:
     """Each benchmark dict's row and its verdict (NEW where the row has no base arm)."""
-    rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
-    return list(zip(rows, verdicts(rows, [b["name"] for b in benchmarks], bands), strict=True))
+    results = []
+    for b in benchmarks:
+        row, name = Row.from_info(b["extra_info"]), b["name"]
+        results.append((row, gate.judge(name, row.base_s, row.candidate_s, klass=row.klass, band=bands.get(name),
+                                        base_mem=row.base_peak, cur_mem=row.candidate_peak)))
+    return results
 
 
 def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None
@@ -34,7 +32,8 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
     order = {bench_name(*point): i for i, point in enumerate(GRIDS[grid])}
     benchmarks = sorted(benchmarks, key=lambda b: (order.get(b["name"], len(order)), b["name"]))
     names = [b["name"] for b in benchmarks]
-    rows = [Row.from_info(b["extra_info"]) for b in benchmarks]
+    results = judged(benchmarks, g.bands)
+    rows = [row for row, _ in results]
     base = g.base
     if base.commit == ab.SELF:
         against = "itself (--ab-base=self, an A/A run)"
@@ -68,7 +67,7 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
     if differ:
         lines.append(f"- Tokens differ from the base arm's in {', '.join(differ)}: a change of behaviour, not of "
                      f"speed (run `python -m pytest correctness` to see whether it is a near-tie).")
-    row_verdicts = verdicts(rows, names, g.bands)
+    row_verdicts = [v for _, v in results]
     lines += ["", gate.format_table(row_verdicts)]
     failed = [v.name for v in row_verdicts if v.regressed]
     lines.append(f"**GATE FAILED**: {len(failed)} regressed: {', '.join(failed)}" if failed else
