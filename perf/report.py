@@ -17,18 +17,33 @@ if TYPE_CHECKING:
 
 
 def judged(benchmarks: list[dict], bands: dict[str, float]) -> list[tuple[Row, gate.Verdict]]:
-    """Each benchmark dict's row and its verdict (NEW where the row has no base arm)."""
+    """Each benchmark dict's row and its verdict (NEW where the row has no base arm); a rows log's failed rows
+    (``failures``) have none."""
     results = []
     for b in benchmarks:
+        if "failed" in b:
+            continue
         row, name = Row.from_info(b["extra_info"]), b["name"]
         results.append((row, gate.judge(name, row.base_s, row.candidate_s, klass=row.klass, band=bands.get(name),
                                         base_mem=row.base_peak, cur_mem=row.candidate_peak)))
     return results
 
 
-def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None
-                ) -> tuple[bool, str]:
-    """(passed, markdown) for the benchmark dicts of one gate run."""
+def failures(benchmarks: list[dict]) -> list[dict]:
+    """The rows that raised before their verdict ({"name", "failed"}: conftest.FailedRows writes them)."""
+    return [b for b in benchmarks if "failed" in b]
+
+
+def failed_lines(failed: list[dict], outcome: str = "**GATE FAILED**", before: str = "their verdict") -> list[str]:
+    return [f"{outcome}: {len(failed)} rows raised before {before} (tracebacks: pytest's FAILURES):",
+            *(f"- {f['name']}: {f['failed']}" for f in failed)] if failed else []
+
+
+def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None,
+                failed: list[dict] = ()) -> tuple[bool, str]:
+    """(passed, markdown) for the benchmark dicts of one gate run; ``failed``: the rows that raised instead."""
+    failed = list(failed) + failures(benchmarks)
+    benchmarks = [b for b in benchmarks if "failed" not in b]
     order = {bench_name(*point): i for i, point in enumerate(GRIDS[grid])}
     benchmarks = sorted(benchmarks, key=lambda b: (order.get(b["name"], len(order)), b["name"]))
     names = [b["name"] for b in benchmarks]
@@ -45,9 +60,9 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
     if not rows:
         lines.append("**The gate cannot judge: no benchmark ran** (a -k or test id that selects no perf row, or every "
                      "row failed). Nothing was compared, so the gate fails.")
-        return False, "\n".join(lines) + "\n"
+        return False, "\n".join(lines + [""] + failed_lines(failed)) + "\n"
     lines += _runner_lines(g, rows, names)
-    left_out = len(set(order) - set(names))
+    left_out = len(set(order) - set(names) - {f["name"] for f in failed})
     selection = f"; {left_out} rows of the {grid} grid were not selected" if left_out else ""
     took = "" if wall_s is None else f" in {wall_s / 60:.1f} min"
     lines.append(f"- Judged: {len(rows)} rows{selection}, on {g.card} x {workers}{took}, each in paired rounds (base, "
@@ -69,10 +84,13 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
                      f"speed (run `python -m pytest correctness` to see whether it is a near-tie).")
     row_verdicts = [v for _, v in results]
     lines += ["", gate.format_table(row_verdicts)]
-    failed = [v.name for v in row_verdicts if v.regressed]
-    lines.append(f"**GATE FAILED**: {len(failed)} regressed: {', '.join(failed)}" if failed else
-                 f"**Gate passed**: no row regressed in time or memory ({len(row_verdicts)} judged).")
-    return not failed, "\n".join(lines) + "\n"
+    regressed = [v.name for v in row_verdicts if v.regressed]
+    if regressed:
+        lines.append(f"**GATE FAILED**: {len(regressed)} regressed: {', '.join(regressed)}")
+    lines += failed_lines(failed)
+    if not regressed and not failed:
+        lines.append(f"**Gate passed**: no row regressed in time or memory ({len(row_verdicts)} judged).")
+    return not (regressed or failed), "\n".join(lines) + "\n"
 
 
 def _runner_lines(g: Gate, rows: list[Row], names: list[str]) -> list[str]:
@@ -148,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
               "crash), so not every row was judged. The rows it measured, judged as they stand:\n")
     try:
         bands = store.load_bands(args.bands) if args.bands else {}
-        results = judged([b for path in args.runs for b in read_rows(path)], bands)
+        benchmarks = [b for path in args.runs for b in read_rows(path)]
+        results = judged(benchmarks, bands)
     except (OSError, ValueError, KeyError, TypeError, store.GateError) as e:
         if args.stopped:  # the header above stays the report: a summary must never come out empty
             print(f"The rows could not be read either: {type(e).__name__}: {e}")
@@ -156,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"cannot read the runs: {type(e).__name__}: {e}")
     paired = [v for row, v in results if row.base_s is not None]
     print(gate.format_table(paired))
-    failed = [v.name for v in paired if v.regressed]
-    print(f"{len(paired)} rows judged ({len(results) - len(paired)} without a base arm); regressed: {len(failed)}")
-    return 1 if failed else 0
+    regressed = [v.name for v in paired if v.regressed]
+    print(f"{len(paired)} rows judged ({len(results) - len(paired)} without a base arm); regressed: {len(regressed)}")
+    for line in failed_lines(failures(benchmarks)):
+        print(line)
+    return 1 if regressed or failures(benchmarks) else 0
 
 
 if __name__ == "__main__":

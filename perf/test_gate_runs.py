@@ -87,6 +87,29 @@ def test_a_stopped_runs_rows_can_still_be_judged(storage, tmp_path: Path) -> Non
     assert info["warmup_s"] > 0 and info["wall_s"] > info["warmup_s"] + sum(info["candidate_s"]) + sum(info["base_s"])
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "two workers"])
+def test_a_row_that_raises_fails_the_gate_by_name_and_its_error_is_in_the_rows_log(workers: list[str], storage,
+                                                                                   tmp_path: Path) -> None:
+    if workers:
+        pytest.importorskip("xdist")
+    option, _ = storage
+    report, rows = tmp_path / "gate.md", tmp_path / "rows.jsonl"
+    # On a CPU, lean_graph raises (a CUDA-graph loop); lean_eager is judged beside it.
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=gate", "-k", "b1-n100 and lean", "--ab-rounds=15",
+                  *workers, f"--gate-report={report}", f"--rows-log={rows}")
+    assert rc == pytest.ExitCode.TESTS_FAILED and "Traceback" not in out and "INTERNALERROR" not in out, out
+    text = report.read_text()
+    error = "lean_graph-b1-n100-float32]: ValueError: this generator requires a CUDA model"
+    assert "1 rows raised before their verdict" in text and error in text and "Gate passed" not in text, text
+    assert "24 rows of the gate grid were not selected" in text, text  # the failed row was selected
+    assert "| test_generate[lean_eager-b1-n100-float32] |" in text, text
+    logged = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [e["name"] for e in logged if "failed" in e] == ["test_generate[lean_graph-b1-n100-float32]"], logged
+    stopped = subprocess.run([sys.executable, "-m", "perf.report", "--stopped", str(rows)], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert stopped.returncode == 1 and error in stopped.stdout, stopped.stdout
+
+
 def test_one_worker_per_device_gives_one_merged_report(storage, tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     option, _ = storage
@@ -113,6 +136,18 @@ def test_recording_under_workers_writes_one_baseline(tmp_path: Path) -> None:
     # One grid point, one worker: kv_static's speedup has naive's median beside it (NaN on another worker).
     speedups = {b["name"]: b["extra_info"]["speedup_vs_naive"] for b in json.loads(path.read_text())["benchmarks"]}
     assert math.isfinite(speedups["test_generate[kv_static-b4-n16-float32]"]), out
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "two workers"])
+def test_a_recording_with_a_row_that_raises_saves_no_baseline(workers: list[str], tmp_path: Path) -> None:
+    if workers:
+        pytest.importorskip("xdist")
+    if store.generators_dirty():
+        pytest.skip("generators/ differs from HEAD here: recording is refused (test_recording_a_dirty_tree...)")
+    rc, out = run(f"--benchmark-storage=file://{tmp_path}", "--benchmark-save=baseline", "--perf-grid=gate",
+                  "-k", "b1-n100 and lean", *workers)  # on a CPU, lean_graph raises
+    assert rc == pytest.ExitCode.TESTS_FAILED and "NO BASELINE SAVED**: 1 rows raised" in out, out
+    assert not list(tmp_path.rglob("*.json")), out
 
 
 @pytest.mark.parametrize("args, message", [
