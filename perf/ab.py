@@ -119,9 +119,10 @@ def release(base: Base, device: torch.device) -> None:
 
 
 def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-              eos: int | None) -> tuple[int, int]:
+              eos: int | None) -> tuple[int, int, int]:
     """Peak allocated bytes above what the process held when that arm started: the base arm's, then the
-    candidate's, each from a clean slate, alternating as in the timed rounds (gate.settled_peaks: which passes count).
+    candidate's, each from a clean slate, alternating as in the timed rounds (gate.settled_peaks: which passes count);
+    third, the generations that took (4, or 8 where the kept pass's arms differed).
 
     Above what it held: on an H200 the second arm's absolute peak was a constant ~33 MiB higher in A/A runs (what
     the first arm's compiled step and graph leave behind after release), +3.9% of a CUDA-graph row's peak at
@@ -134,8 +135,11 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
     """
     device = input_ids.device
     packages = (base.package, generators)
+    generations = 0
 
     def measure(arm: int) -> int:
+        nonlocal generations
+        generations += 1
         getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()  # private; absent: peaks as before
         release(base, device)  # its empty_cache returns the freed workspaces too
         held = torch.cuda.memory_allocated(device)
@@ -144,4 +148,4 @@ def arm_peaks(base: Base, variant: str, model: torch.nn.Module, input_ids: torch
 
     peaks = gate.settled_peaks(measure)
     gc.collect()
-    return peaks
+    return (*peaks, generations)

@@ -37,6 +37,7 @@ class Row:
     wall_s: float | None = None  # the whole row: warm-up, rounds, memory, compilation included
     warmup_s: float | None = None  # the warm-up round, both arms: compilation and capture happen there
     peaks_s: float | None = None  # ab.arm_peaks' generations
+    peak_generations: int | None = None  # how many: 4, or 8 where the arms' peaks differed (gate.settled_peaks)
     worker: str | None = None  # the xdist worker that ran it ("gw0"), None without -n
     injected_slowdown: float = 0.0  # test-only --inject-slowdown share of the candidate arm
 

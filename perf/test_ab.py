@@ -148,7 +148,7 @@ def test_arm_peaks_keep_the_second_pass(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(bench, "peak_memory", lambda device: (state["peak"], 0))
     base = ab.load_base(ab.SELF)
     ids = torch.zeros(1, 1, dtype=torch.long)
-    assert ab.arm_peaks(base, "kv_static", None, ids, 4, None) == (300, 300)
+    assert ab.arm_peaks(base, "kv_static", None, ids, 4, None) == (300, 300, 4)
     assert state["cleared"] == 4  # cuBLAS workspaces freed before every measured generation
 
 

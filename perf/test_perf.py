@@ -109,7 +109,8 @@ def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str
     if device.type == "cuda":
         if row.base_s is not None:  # each arm's peak from a clean slate, after the timed rounds (perf/ab.py)
             peaks_started = time.perf_counter()
-            row.base_peak, row.candidate_peak = ab.arm_peaks(base, variant, model, input_ids, new_tokens, eos)
+            row.base_peak, row.candidate_peak, row.peak_generations = ab.arm_peaks(base, variant, model, input_ids,
+                                                                                  new_tokens, eos)
             row.peaks_s = time.perf_counter() - peaks_started
         row.peak_allocated, row.peak_reserved = bench.peak_memory(device)
         row.fragmentation = bench.fragmentation(row.peak_allocated, row.peak_reserved)
