@@ -154,6 +154,34 @@ def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9,
     return {arm: round(sorted(t[1:])[reps // 2], 2) for arm, t in times.items()}
 
 
+def pdl_ab(model: torch.nn.Module, batch: int, repeats: int = 2) -> dict:
+    """Programmatic dependent launch (Hopper) in inductor's Triton kernels, off and on, in alternation: whole
+    lean_graph calls (generation_ms) and 96 replayed lean steps, each arm compiled afresh (inductor decides PDL when
+    it generates a kernel); and whether each arm's tokens are the first arm's. PDL lets a kernel start its launch
+    and prologue while the one before it finishes; the kernels wait (gdc_wait) before they read its outputs."""
+    config = torch._inductor.config.triton
+    if not hasattr(config, "enable_pdl"):
+        return {"batch": batch, "skipped": f"torch {torch.__version__} has no inductor config triton.enable_pdl"}
+    ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
+    runs, reference = [], None
+    for _ in range(repeats):
+        for pdl in (False, True):
+            config.enable_pdl = pdl
+            release_sessions()  # the graphs go before the compiled code they replay
+            torch._dynamo.reset()
+            call = generation_ms(model, batch, 100, reps=5, arms=("lean_graph",))["lean_graph"]
+            steps = steps_per_graph(model, batch, 96, [1])[1]
+            _, tokens = bench.timed_call("lean_graph", model, ids, 100, eos)
+            reference = tokens if reference is None else reference
+            runs.append({"pdl": pdl, "ms per call": call, "ms per 96 steps": round(steps, 2),
+                         "tokens as the first arm's": bool(torch.equal(tokens, reference))})
+            print(json.dumps({"batch": batch, **runs[-1]}), flush=True)
+    config.enable_pdl = False
+    release_sessions()
+    torch._dynamo.reset()
+    return {"batch": batch, "runs": runs}
+
+
 @torch.inference_mode()  # as every generator runs: the skinny matmul has no autograd formula
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -162,9 +190,15 @@ def main() -> None:
     parser.add_argument("--out", default="out")
     parser.add_argument("--steps-per-graph", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler (kernel counts)")
+    parser.add_argument("--pdl", action="store_true", help="only the A/B of inductor's PDL (pdl_ab), per batch")
     args = parser.parse_args()
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
+    if args.pdl:
+        result["rows"] = [pdl_ab(model, batch) for batch in args.batch]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"pdl_{args.dtype}.json").write_text(json.dumps(result, indent=1))
+        return
     for batch in args.batch:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
         row = {"batch": batch,
