@@ -27,7 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from generators import COMPILE, GENERATORS, Generator, bench, caches, loop, models, release_sessions, skinny
+from generators import (
+    COMPILE,
+    GENERATORS,
+    Generator,
+    bench,
+    caches,
+    head_argmax,
+    loop,
+    models,
+    release_sessions,
+    skinny,
+)
 from generators.decoding import Decoding
 from generators.execution import capture
 from generators.lean import LeanModel
@@ -114,6 +125,33 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
     return out
 
 
+def head_table(model: torch.nn.Module, rows: int, samples: int = 64) -> dict:
+    """The LM head and the greedy pick at M = rows: cuBLAS's GEMM then argmax over the logits (the lean step's two
+    kernels) against head_argmax.py's one kernel, us per call (12 calls a graph over the model's own weight) and
+    GB/s of weight read; and over `samples` random hidden states, the rows whose picks differ, with the cuBLAS
+    logits' gap between the two picks (a near-tie is small against the logits' spread)."""
+    w = model.lm_head.weight  # [V, K], GPT-2's tied wte
+    x = torch.randn(rows, w.shape[1], device="cuda", dtype=w.dtype)
+    arms = {"cublas_then_argmax": lambda: F.linear(x, w).argmax(-1),
+            "head_argmax": lambda: head_argmax.head_argmax(x, w)}
+    out = {"rows": rows, "dtype": str(w.dtype).removeprefix("torch.")}
+    for arm, call in arms.items():
+        us = _graph_us([call] * 12)
+        out[arm] = {"us": round(us, 2), "GBps": round(w.numel() * w.element_size() / us / 1e3, 1)}
+    differ, gaps = 0, []
+    for _ in range(samples):
+        h = torch.randn(rows, w.shape[1], device="cuda", dtype=w.dtype)
+        logits = F.linear(h, w).float()
+        ours, theirs = head_argmax.head_argmax(h, w), logits.argmax(-1)
+        for r in (ours != theirs).nonzero().flatten().tolist():
+            differ += 1
+            gaps.append(round((logits[r, theirs[r]] - logits[r, ours[r]]).item(), 6))
+    out["picks differing"] = f"{differ} of {rows * samples} rows"
+    out["their gaps"] = gaps[:20]
+    out["logit spread (std)"] = round(logits.std().item(), 4)
+    return out
+
+
 def steps_per_graph(model: torch.nn.Module, batch: int, n: int, s_values: list[int],
                     cache: type[caches.Cache] = caches.LeanKV) -> dict[int, float]:
     """Median ms of n lean steps (compiled, no stop check) as n / s replays of a graph holding s steps."""
@@ -191,14 +229,18 @@ def main() -> None:
     parser.add_argument("--steps-per-graph", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler (kernel counts)")
     parser.add_argument("--pdl", action="store_true", help="only the A/B of inductor's PDL (pdl_ab), per batch")
+    parser.add_argument("--head", action="store_true", help="only the LM head and argmax table (head_table)")
     args = parser.parse_args()
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
-    if args.pdl:
-        result["rows"] = [pdl_ab(model, batch) for batch in args.batch]
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"pdl_{args.dtype}.json").write_text(json.dumps(result, indent=1))
-        return
+    for flag, probe in (("pdl", pdl_ab), ("head", head_table)):
+        if getattr(args, flag):
+            for batch in args.batch:
+                result["rows"].append(probe(model, batch))
+                print(json.dumps(result["rows"][-1]), flush=True)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"{flag}_{args.dtype}.json").write_text(json.dumps(result, indent=1))
+            return
     for batch in args.batch:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.
         row = {"batch": batch,
