@@ -40,3 +40,35 @@ def test_bf16_picks_among_the_logits_as_rounded(device: torch.device) -> None:
     assert head_argmax.head_argmax(h, w).tolist() == [135]
     assert head_argmax.head_argmax(h.bfloat16(), w.bfloat16()).tolist() == [3]
     assert torch.nn.functional.linear(h.bfloat16(), w.bfloat16()).argmax(-1).tolist() == [3]
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-qwen3"])
+def test_lean_step_with_fused_head_picks_the_tokens_of_the_step_without(device: torch.device, family: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few decode steps of LeanModel(fused_head=True) against fused_head=False: the same tokens."""
+    from generators.caches import lean_decode_one_token  # noqa: PLC0415
+    from generators.decoding import Decoding, append_token  # noqa: PLC0415
+    from generators.lean import LeanModel  # noqa: PLC0415
+    from generators.models import build  # noqa: PLC0415
+
+    calls = []
+    if device.type != "cuda":  # the interpreter runs the kernel on CPU
+        monkeypatch.setattr(head_argmax, "available", lambda h: True)
+    monkeypatch.setattr(head_argmax, "head_argmax", lambda h, w, f=head_argmax.head_argmax: calls.append(1) or f(h, w))
+    model = build(family, device=device)
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 4), device=device)
+
+    def run(fused: bool) -> torch.Tensor:
+        lean = LeanModel(model, fused_head=fused)
+        d = Decoding.allocate(3, 4, 6, None, None, device)
+        d.reset(ids)
+        caches = lean.new_cache(3, 10)
+        with torch.inference_mode():
+            append_token(d, lean(d.tokens[:, :4], torch.arange(4, device=device), caches))
+            for _ in range(5):
+                lean_decode_one_token(lean, caches, d)
+        return d.tokens
+
+    assert torch.equal(run(True), run(False))
+    assert len(calls) == 5  # every decode step went through the kernel

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from . import compat
-from .decoding import Decoding, append_token
+from .decoding import Decoding, append_pick, append_token
 from .lean import LeanModel
 
 
@@ -118,7 +118,7 @@ class StaticKV(Cache):
 
 def lean_decode_one_token(lean: LeanModel, caches: list, d: Decoding) -> None:
     """decode_one_token for the lean forward (lean.py): the same step, without Hugging Face's generality."""
-    append_token(d, lean(d.tokens.index_select(1, d.last), d.last, caches))
+    append_pick(d, lean.pick(d.tokens.index_select(1, d.last), d.last, caches))
 
 
 class LeanKV(Cache):

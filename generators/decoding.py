@@ -56,7 +56,11 @@ class Decoding:
 
 def append_token(d: Decoding, logits: torch.Tensor) -> None:
     """Greedy pick from the last position's logits [B, V], padding for finished rows, stop-state update."""
-    next_token = logits.argmax(dim=-1)  # [B]
+    append_pick(d, logits.argmax(dim=-1))
+
+
+def append_pick(d: Decoding, next_token: torch.Tensor) -> None:
+    """append_token for a greedy pick [B] made already (the lean step's head_argmax.py)."""
     if d.eos is not None:
         next_token = torch.where(d.finished, d.pad, next_token)
         d.finished |= next_token == d.eos

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flash_decode, skinny
+from . import flash_decode, head_argmax, skinny
 
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3")
 # RoPE types whose inverse frequencies are fixed when the rotary module is built.
@@ -53,10 +53,15 @@ def kv_heads_and_dim(config: object) -> tuple[int, int]:
 
 class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or a Llama-family *ForCausalLM (SUPPORTED);
-    forward(tokens, positions, caches) -> last logits [B, V]."""
+    forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
-    def __init__(self, model: nn.Module, *, fused_qkv: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = False) -> None:
         super().__init__()
+        # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
+        # (head_argmax.py), never writing the logits. Off by default until the GPU correctness suite has run it: on
+        # an H200 it took 29.8 us against cuBLAS + argmax's 125.1 at b=32 in bf16, but lost in fp32 (141.7 vs 80.0
+        # us at b=32, 64.9 vs 54.3 at b=1; docs/history/2026-11-lean-step.md, "e1087fd").
+        self.fused_head = fused_head
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
@@ -130,6 +135,20 @@ class LeanModel(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
                 caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """tokens [B, T] at `positions` [T] (device tensor): write their K/V, return the last position's logits."""
+        return self.hf.lm_head(self.hidden(tokens, positions, caches))  # [B, V]: the last position's only
+
+    def pick(self, tokens: torch.Tensor, positions: torch.Tensor,
+             caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """forward(...).argmax(-1), [B]: with fused_head, in one kernel that never writes the logits."""
+        h = self.hidden(tokens, positions, caches)
+        head = self.hf.lm_head
+        if self.fused_head and head.bias is None and head_argmax.available(h):
+            return head_argmax.head_argmax(h, head.weight)
+        return head(h).argmax(dim=-1)
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor,
+               caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The last position's final hidden state [B, hidden], K/V written: what the LM head reads."""
         max_len = caches[0][0].shape[2]
         # [T, L]: position t may attend to cache slots <= its own position. Built once for all layers.
         mask = torch.arange(max_len, device=tokens.device)[None, :] <= positions[:, None]
@@ -159,7 +178,7 @@ class LeanModel(nn.Module):
                 h = h + self._project(a.o_proj, self._attend(q, k, v, positions, mask, cache, scale))
                 h = h + self._project(layer.mlp.down_proj, self._gated(layer.mlp, layer.post_attention_layernorm(h)))
             h = m.norm(h[:, -1])
-        return self.hf.lm_head(h)  # [B, V]: only the last position's logits are ever computed
+        return h
 
     def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself

@@ -20,6 +20,7 @@ skinny.py's kernel (partial sums only: their sum is fused into the next kernel i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,6 +57,15 @@ class UnfusedLeanKV(caches.LeanKV):
     def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
         super().__init__(model, d)
         self.lean = LeanModel(model, fused_qkv=False)
+        self.caches = self.lean.new_cache(*d.tokens.shape)
+
+
+class HeadLeanKV(caches.LeanKV):
+    """LeanKV over LeanModel(fused_head=True): a decode step's LM head and greedy pick in one kernel."""
+
+    def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
+        super().__init__(model, d)
+        self.lean = LeanModel(model, fused_head=True)
         self.caches = self.lean.new_cache(*d.tokens.shape)
 
 
@@ -192,6 +202,28 @@ def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9,
     return {arm: round(sorted(t[1:])[reps // 2], 2) for arm, t in times.items()}
 
 
+def head_ab(model: torch.nn.Module, batch: int, reps: int = 9) -> dict:
+    """lean_graph without and with fused_head (HeadLeanKV): whole calls alternating as generation_ms times them, 96
+    replayed steps, and the rows whose 100 tokens differ (a near-tie parts them; the correctness suite rules)."""
+    fused = dataclasses.replace(GENERATORS["lean_graph"], name="lean_graph_fused_head", cache=HeadLeanKV)
+    registry = {"lean_graph": GENERATORS["lean_graph"], fused.name: fused}
+    ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
+    release_sessions()
+    times, tokens = {name: [] for name in registry}, {}
+    for _ in range(reps + 1):  # the first round warms up (compile, capture)
+        for name in registry:
+            elapsed, tokens[name] = bench.timed_call(name, model, ids, 100, eos, registry=registry)
+            times[name].append(elapsed * 1e3)
+    release_sessions()
+    plain, ours = tokens.values()
+    differ = (plain != ours).any(dim=1)
+    return {"batch": batch, "ms per call": {n: round(sorted(t[1:])[reps // 2], 2) for n, t in times.items()},
+            "ms per 96 steps": {n: round(steps_per_graph(model, batch, 96, [1], g.cache)[1], 2)
+                                for n, g in registry.items()},
+            "rows whose tokens differ": f"{int(differ.sum())} of {batch}",
+            "first differing position": int((plain != ours).any(dim=0).nonzero()[0]) if differ.any() else None}
+
+
 def pdl_ab(model: torch.nn.Module, batch: int, repeats: int = 2) -> dict:
     """Programmatic dependent launch (Hopper) in inductor's Triton kernels, off and on, in alternation: whole
     lean_graph calls (generation_ms) and 96 replayed lean steps, each arm compiled afresh (inductor decides PDL when
@@ -230,10 +262,11 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler (kernel counts)")
     parser.add_argument("--pdl", action="store_true", help="only the A/B of inductor's PDL (pdl_ab), per batch")
     parser.add_argument("--head", action="store_true", help="only the LM head and argmax table (head_table)")
+    parser.add_argument("--head-ab", action="store_true", help="only lean_graph without and with fused_head")
     args = parser.parse_args()
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
-    for flag, probe in (("pdl", pdl_ab), ("head", head_table)):
+    for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("head_ab", head_ab)):
         if getattr(args, flag):
             for batch in args.batch:
                 result["rows"].append(probe(model, batch))
