@@ -15,6 +15,9 @@ GEMMs: GPT-2 small's four layer projections at M = batch rows, each shape as one
 layers' own weights (distinct tensors, so L2 holds none of them between calls), replayed; cuBLAS as the model calls
 it (addmm on the [in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and
 skinny.py's kernel (partial sums only: their sum is fused into the next kernel in the compiled step).
+Each of these runs alone, instead of the above: --pdl, inductor's programmatic dependent launch off and on
+(pdl_ab); --head, the LM head and argmax as cuBLAS + argmax against head_argmax.py (head_table); --head-ab,
+lean_graph without and with fused_head (head_ab).
 """
 
 from __future__ import annotations
