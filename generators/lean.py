@@ -60,7 +60,7 @@ class LeanModel(nn.Module):
         # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
         # (head_argmax.py), never writing the logits. Off by default until the GPU correctness suite has run it: on
         # an H200 it took 29.8 us against cuBLAS + argmax's 125.1 at b=32 in bf16, but lost in fp32 (141.7 vs 80.0
-        # us at b=32, 64.9 vs 54.3 at b=1; docs/history/2026-11-lean-step.md, "e1087fd").
+        # us at b=32, 64.9 vs 54.3 at b=1; docs/history/2026-11-lean-step.md, "8598693").
         self.fused_head = fused_head
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
