@@ -21,11 +21,21 @@ from generators import bench, models, trace
 
 from . import ab, gate, report, store
 from .grids import GRIDS
-from .run import Gate, cores_for, narrow_workers, parse_injected, save_merged, set_up_gate, usage, visible_cards
+from .run import (
+    FailedRows,
+    Gate,
+    cores_for,
+    narrow_workers,
+    parse_injected,
+    save_merged,
+    set_up_gate,
+    usage,
+    visible_cards,
+)
 
 GATE = pytest.StashKey["Gate"]()
 ROWS = pytest.StashKey[list]()  # benchmark dicts sent back by xdist workers
-FAILED = pytest.StashKey[list]()  # {"name", "failed"} of each row that raised: no verdict, so the gate fails
+FAILED = pytest.StashKey["FailedRows"]()  # the rows that raised: no verdict, so the gate fails
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default: redirected to perf/baselines/<card>
 
 
@@ -167,9 +177,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise usage(str(e)) from None
     config.stash[GATE] = g
     config.stash[ROWS] = []
-    config.stash[FAILED] = []
+    config.stash[FAILED] = FailedRows(g, config.getoption("--rows-log"))
     if (compare or recording) and not _is_worker(config):
-        config.pluginmanager.register(FailedRows(config), "decode_gate_failed_rows")
+        config.pluginmanager.register(config.stash[FAILED], "decode_gate_failed_rows")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -265,7 +275,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         benchmarks = _timed(bs)
     if g.compare:
         ok, g.report = report.gate_report(g, benchmarks, grid_for(config), workers=_workers(config),
-                                          wall_s=time.perf_counter() - g.started, failed=config.stash[FAILED])
+                                          wall_s=time.perf_counter() - g.started, failed=config.stash[FAILED].rows)
         if config.getoption("--gate-report"):
             Path(config.getoption("--gate-report")).write_text(g.report)
         if not ok:
@@ -275,37 +285,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _timed(bs) -> list[dict]:
     """pytest-benchmark's rows as dicts, less those of tests that raised before a timed round (no data to save)."""
     return [b.as_dict(include_data=True) for b in bs.benchmarks if b.stats.data]
-
-
-class FailedRows:
-    """A timed row that raised has no verdict: its error goes to the gate's report and, at once, to the rows log, so
-    that a run stopped later still says which rows failed and why. Under -n the controller gets every report."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not report.failed or "::test_generate[" not in report.nodeid:
-            return
-        crash = getattr(report.longrepr, "reprcrash", None)
-        message = crash.message if crash else str(report.longrepr).strip().splitlines()[-1]
-        # the benchmark's name: the test id less xdist's "@group" suffix under --dist=loadgroup
-        entry = {"name": report.nodeid.split("::")[-1].split("@")[0], "failed": message[:500]}
-        self.config.stash[FAILED].append(entry)
-        if self.config.getoption("--rows-log"):
-            with open(self.config.getoption("--rows-log"), "a") as f:
-                f.write(json.dumps(entry) + "\n")
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session):
-        """A recording with a failed row saves no baseline (before pytest-benchmark's own saving, which would): the
-        runner check would find that row missing for good. --benchmark-json still gets what ran."""
-        g, failed = self.config.stash[GATE], self.config.stash[FAILED]
-        if g.recording and failed:
-            bs = self.config._benchmarksession
-            bs.save = bs.autosave = self.config.option.benchmark_save = self.config.option.benchmark_autosave = None
-            g.report = "\n".join(report.failed_lines(failed, "**NO BASELINE SAVED**", "their timings")) + "\n"
-        yield
 
 
 @pytest.hookimpl(trylast=True)

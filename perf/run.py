@@ -17,7 +17,7 @@ import pytest
 
 from generators import GENERATORS
 
-from . import ab, gate, store
+from . import ab, gate, report, store
 
 
 @dataclass
@@ -115,6 +115,39 @@ def set_up_gate(g: Gate, pick: str | bool, ref: str | None) -> None:
     g.baseline = store.latest(g.storage, g.card, pick)
     g.bands = store.load_bands(g.storage.parent / store.BANDS)
     g.base = ab.load_base(ref or g.baseline.commit)
+
+
+class FailedRows:
+    """A timed row that raised has no verdict: its error goes to the gate's report and, at once, to the rows log, so
+    that a run stopped later still says which rows failed and why. Under -n the controller gets every report."""
+
+    def __init__(self, g: Gate, rows_log: str | None) -> None:
+        self.gate, self.rows_log = g, rows_log
+        self.rows: list[dict] = []  # {"name", "failed"}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.failed or "::test_generate[" not in report.nodeid:
+            return
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash else str(report.longrepr).strip().splitlines()[-1]
+        # the benchmark's name: the test id less xdist's "@group" suffix under --dist=loadgroup
+        entry = {"name": report.nodeid.split("::")[-1].split("@")[0], "failed": message[:500]}
+        self.rows.append(entry)
+        if self.rows_log:
+            with open(self.rows_log, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session):
+        """A recording with a failed row saves no baseline (before pytest-benchmark's own saving, which would): the
+        runner check would find that row missing for good. --benchmark-json still gets what ran."""
+        if self.gate.recording and self.rows:
+            config = session.config
+            bs = config._benchmarksession
+            bs.save = bs.autosave = config.option.benchmark_save = config.option.benchmark_autosave = None
+            lines = report.failed_lines(self.rows, "**NO BASELINE SAVED**", "their timings")
+            self.gate.report = "\n".join(lines) + "\n"
+        yield
 
 
 def save_merged(config: pytest.Config, bs, rows: list[dict]) -> None:
