@@ -30,7 +30,7 @@ def judged(benchmarks: list[dict], bands: dict[str, float]) -> list[tuple[Row, g
 
 
 def failures(benchmarks: list[dict]) -> list[dict]:
-    """The rows that raised before their verdict ({"name", "failed"}: conftest.FailedRows writes them)."""
+    """A rows log's rows that raised before their verdict ({"name", "failed"}: perf.run.FailedRows writes them)."""
     return [b for b in benchmarks if "failed" in b]
 
 
@@ -42,8 +42,6 @@ def failed_lines(failed: list[dict], outcome: str = "**GATE FAILED**", before: s
 def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None,
                 failed: list[dict] = ()) -> tuple[bool, str]:
     """(passed, markdown) for the benchmark dicts of one gate run; ``failed``: the rows that raised instead."""
-    failed = list(failed) + failures(benchmarks)
-    benchmarks = [b for b in benchmarks if "failed" not in b]
     order = {bench_name(*point): i for i, point in enumerate(GRIDS[grid])}
     benchmarks = sorted(benchmarks, key=lambda b: (order.get(b["name"], len(order)), b["name"]))
     names = [b["name"] for b in benchmarks]
@@ -177,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     print(gate.format_table(paired))
     regressed = [v.name for v in paired if v.regressed]
     print(f"{len(paired)} rows judged ({len(results) - len(paired)} without a base arm); regressed: {len(regressed)}")
-    for line in failed_lines(failures(benchmarks)):
+    failed = failures(benchmarks)
+    for line in failed_lines(failed):
         print(line)
-    return 1 if regressed or failures(benchmarks) else 0
+    return 1 if regressed or failed else 0
 
 
 if __name__ == "__main__":
