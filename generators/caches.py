@@ -13,6 +13,7 @@ its arguments, for an execution mode (execution.py) to compile and capture.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -134,9 +135,11 @@ class LeanKV(Cache):
     compile_dynamic = False
     capture_prefill = True
 
+    lean_options: ClassVar[dict] = {}  # LeanModel's keyword options (the probes' variants set fused_qkv, fused_head)
+
     def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
         super().__init__(model, d)
-        self.lean = LeanModel(model)
+        self.lean = LeanModel(model, **self.lean_options)
         self.caches = self.lean.new_cache(*d.tokens.shape)  # batch, P + N
 
     def reset(self) -> None:

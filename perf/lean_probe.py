@@ -43,9 +43,7 @@ from generators import (
     release_sessions,
     skinny,
 )
-from generators.decoding import Decoding
 from generators.execution import capture
-from generators.lean import LeanModel
 from generators.timer import cuda_seconds
 
 COMPILED = {
@@ -57,19 +55,13 @@ COMPILED = {
 class UnfusedLeanKV(caches.LeanKV):
     """LeanKV over LeanModel(fused_qkv=False): GPT-2's K/V writes and q as kernels of their own."""
 
-    def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
-        super().__init__(model, d)
-        self.lean = LeanModel(model, fused_qkv=False)
-        self.caches = self.lean.new_cache(*d.tokens.shape)
+    lean_options = {"fused_qkv": False}
 
 
 class HeadLeanKV(caches.LeanKV):
     """LeanKV over LeanModel(fused_head=True): a decode step's LM head and greedy pick in one kernel."""
 
-    def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
-        super().__init__(model, d)
-        self.lean = LeanModel(model, fused_head=True)
-        self.caches = self.lean.new_cache(*d.tokens.shape)
+    lean_options = {"fused_head": True}
 
 
 def _kernels(g: Generator, model: torch.nn.Module, ids: torch.Tensor, n: int) -> list:
