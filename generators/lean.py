@@ -55,8 +55,12 @@ class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or a Llama-family *ForCausalLM (SUPPORTED);
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
-    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = False,
+                 skinny_max_rows: int = skinny.MAX_ROWS) -> None:
         super().__init__()
+        # skinny_max_rows: the most rows a projection sends through skinny.py. Its 16 was measured in fp32
+        # (tf32x3); bf16 pays no such cost, and the probe A/B's 32 (perf.lean_probe --ab skinny_32).
+        self.skinny_max_rows = skinny_max_rows
         # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
         # (head_argmax.py), never writing the logits. Off by default until the GPU correctness suite has run it: on
         # an H200 it took 29.8 us against cuBLAS + argmax's 125.1 at b=32 in bf16, but lost in fp32 (141.7 vs 80.0
@@ -182,9 +186,9 @@ class LeanModel(nn.Module):
 
     def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself
-        runs (not CUDA, rows outside MIN_ROWS..MAX_ROWS)."""
+        runs (not CUDA, rows outside MIN_ROWS..skinny_max_rows)."""
         rows = x.reshape(-1, x.shape[-1])
-        if not skinny.available(rows):
+        if not skinny.available(rows, self.skinny_max_rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
         return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t())

@@ -16,8 +16,8 @@ layers' own weights (distinct tensors, so L2 holds none of them between calls), 
 it (addmm on the [in, out] weight), cuBLAS on a transposed contiguous copy (F.linear, nn.Linear's layout), and
 skinny.py's kernel (partial sums only: their sum is fused into the next kernel in the compiled step).
 Each of these runs alone, instead of the above: --pdl, inductor's programmatic dependent launch off and on
-(pdl_ab); --head, the LM head and argmax as cuBLAS + argmax against head_argmax.py (head_table); --head-ab,
-lean_graph without and with fused_head (head_ab).
+(pdl_ab); --head, the LM head and argmax as cuBLAS + argmax against head_argmax.py (head_table); --gemm, the GEMM
+table alone; --ab NAME..., lean_graph against each of LeanModel's variants (VARIANTS) in turn (variant_ab).
 """
 
 from __future__ import annotations
@@ -63,6 +63,20 @@ class HeadLeanKV(caches.LeanKV):
 
     lean_options = {"fused_head": True}
 
+
+class Skinny32LeanKV(caches.LeanKV):
+    """LeanKV over LeanModel(skinny_max_rows=32): skinny.py's matmul up to 32 rows (bf16 pays no tf32x3)."""
+
+    lean_options = {"skinny_max_rows": 32}
+
+
+class HeadSkinny32LeanKV(caches.LeanKV):
+    """Both of the above."""
+
+    lean_options = {"fused_head": True, "skinny_max_rows": 32}
+
+
+VARIANTS = {"fused_head": HeadLeanKV, "skinny_32": Skinny32LeanKV, "fused_head_skinny_32": HeadSkinny32LeanKV}
 
 def _kernels(g: Generator, model: torch.nn.Module, ids: torch.Tensor, n: int) -> list:
     g(model, ids, n)  # compile outside the profile
@@ -197,11 +211,11 @@ def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9,
     return {arm: round(sorted(t[1:])[reps // 2], 2) for arm, t in times.items()}
 
 
-def head_ab(model: torch.nn.Module, batch: int, reps: int = 9) -> dict:
-    """lean_graph without and with fused_head (HeadLeanKV): whole calls alternating as generation_ms times them, 96
+def variant_ab(model: torch.nn.Module, batch: int, variant: str, reps: int = 9) -> dict:
+    """lean_graph against lean_graph over one of VARIANTS: whole calls alternating as generation_ms times them, 96
     replayed steps, and the rows whose 100 tokens differ (a near-tie parts them; the correctness suite rules)."""
-    fused = dataclasses.replace(GENERATORS["lean_graph"], name="lean_graph_fused_head", cache=HeadLeanKV)
-    registry = {"lean_graph": GENERATORS["lean_graph"], fused.name: fused}
+    other = dataclasses.replace(GENERATORS["lean_graph"], name=f"lean_graph_{variant}", cache=VARIANTS[variant])
+    registry = {"lean_graph": GENERATORS["lean_graph"], other.name: other}
     ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
     release_sessions()
     times, tokens = {name: [] for name in registry}, {}
@@ -212,7 +226,8 @@ def head_ab(model: torch.nn.Module, batch: int, reps: int = 9) -> dict:
     release_sessions()
     plain, ours = tokens.values()
     differ = (plain != ours).any(dim=1)
-    return {"batch": batch, "ms per call": {n: round(sorted(t[1:])[reps // 2], 2) for n, t in times.items()},
+    return {"batch": batch, "variant": variant,
+            "ms per call": {n: round(sorted(t[1:])[reps // 2], 2) for n, t in times.items()},
             "ms per 96 steps": {n: round(steps_per_graph(model, batch, 96, [1], g.cache)[1], 2)
                                 for n, g in registry.items()},
             "rows whose tokens differ": f"{int(differ.sum())} of {batch}",
@@ -257,15 +272,19 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler (kernel counts)")
     parser.add_argument("--pdl", action="store_true", help="only the A/B of inductor's PDL (pdl_ab), per batch")
     parser.add_argument("--head", action="store_true", help="only the LM head and argmax table (head_table)")
-    parser.add_argument("--head-ab", action="store_true", help="only lean_graph without and with fused_head")
+    parser.add_argument("--gemm", action="store_true", help="only the layer GEMM table (gemm_table)")
+    parser.add_argument("--ab", nargs="+", choices=sorted(VARIANTS), default=[],
+                        help="only lean_graph against lean_graph over each named variant (variant_ab)")
     args = parser.parse_args()
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
-    for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("head_ab", head_ab)):
+    for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("gemm", gemm_table), ("ab", variant_ab)):
         if getattr(args, flag):
             for batch in args.batch:
-                result["rows"].append(probe(model, batch))
-                print(json.dumps(result["rows"][-1]), flush=True)
+                for variant in args.ab if flag == "ab" else [None]:
+                    row = probe(model, batch) if variant is None else probe(model, batch, variant)
+                    result["rows"].append({"batch": batch, **row} if flag == "gemm" else row)
+                    print(json.dumps(result["rows"][-1]), flush=True)
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"{flag}_{args.dtype}.json").write_text(json.dumps(result, indent=1))
             return
