@@ -14,8 +14,9 @@ kernels and one CUDA graph replays it:
   cache with a positions mask built once per step (not per layer); for GPT-2 that kernel also sums c_attn's
   output, adds its bias and writes K/V into the cache itself (fused_qkv);
 - norms and activations are the model's own modules, called as they are; projections read the model's own
-  weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows (cuBLAS's split-K
-  kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise.
+  weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows, 2-32 in bf16 (cuBLAS's
+  split-K kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise;
+- in bf16, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the logits.
 
 The Llama family differs in a few places, each taken from the model's own modules: Qwen2's q/k/v biases (any
 projection's bias is added), Qwen3's per-head q/k RMSNorm before RoPE (``q_norm``, ``k_norm``), Phi-3's fused
@@ -55,17 +56,18 @@ class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or a Llama-family *ForCausalLM (SUPPORTED);
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
-    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = False,
-                 skinny_max_rows: int = skinny.MAX_ROWS) -> None:
+    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool | None = None,
+                 skinny_max_rows: int | None = None) -> None:
         super().__init__()
-        # skinny_max_rows: the most rows a projection sends through skinny.py. Its 16 was measured in fp32
-        # (tf32x3); bf16 pays no such cost, and the probe A/B's 32 (perf.lean_probe --ab skinny_32).
-        self.skinny_max_rows = skinny_max_rows
+        # None: by the weights' dtype, as the step's A/B measured them on an H200 (perf.lean_probe --ab,
+        # docs/history/2026-11-lean-step.md, "050be22"): in bf16 both on, 96 steps at b=32 53.8 -> 40.9 ms; in fp32
+        # fused_head lost (62.8 -> 68.6 ms at b=32: its tf32x3 products) and skinny.py's 16 rows stay.
+        bf16 = model.lm_head.weight.dtype == torch.bfloat16
         # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
-        # (head_argmax.py), never writing the logits. Off by default until the GPU correctness suite has run it: on
-        # an H200 it took 29.8 us against cuBLAS + argmax's 125.1 at b=32 in bf16, but lost in fp32 (141.7 vs 80.0
-        # us at b=32, 64.9 vs 54.3 at b=1; docs/history/2026-11-lean-step.md, "8598693").
-        self.fused_head = fused_head
+        # (head_argmax.py), never writing the logits.
+        self.fused_head = bf16 if fused_head is None else fused_head
+        # skinny_max_rows: the most rows a projection sends through skinny.py (16 was measured in fp32, tf32x3).
+        self.skinny_max_rows = (32 if bf16 else skinny.MAX_ROWS) if skinny_max_rows is None else skinny_max_rows
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested

@@ -58,25 +58,20 @@ class UnfusedLeanKV(caches.LeanKV):
     lean_options = {"fused_qkv": False}
 
 
-class HeadLeanKV(caches.LeanKV):
-    """LeanKV over LeanModel(fused_head=True): a decode step's LM head and greedy pick in one kernel."""
-
-    lean_options = {"fused_head": True}
-
-
-class Skinny32LeanKV(caches.LeanKV):
-    """LeanKV over LeanModel(skinny_max_rows=32): skinny.py's matmul up to 32 rows (bf16 pays no tf32x3)."""
-
-    lean_options = {"skinny_max_rows": 32}
+# LeanModel's options that --ab sets, by name; "a+b" sets both.
+VARIANTS = {"fused_head": {"fused_head": True}, "unfused_head": {"fused_head": False},
+            "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32}}
 
 
-class HeadSkinny32LeanKV(caches.LeanKV):
-    """Both of the above."""
+def variant_cache(name: str) -> type[caches.LeanKV]:
+    """LeanKV over LeanModel with the options of `name`: one of VARIANTS, or several joined by "+"."""
+    options = {}
+    for part in name.split("+"):
+        if part not in VARIANTS:
+            raise ValueError(f"--ab {name}: {part!r} is not one of {', '.join(VARIANTS)}")
+        options |= VARIANTS[part]
+    return type(f"LeanKV_{name}", (caches.LeanKV,), {"lean_options": options})
 
-    lean_options = {"fused_head": True, "skinny_max_rows": 32}
-
-
-VARIANTS = {"fused_head": HeadLeanKV, "skinny_32": Skinny32LeanKV, "fused_head_skinny_32": HeadSkinny32LeanKV}
 
 def _kernels(g: Generator, model: torch.nn.Module, ids: torch.Tensor, n: int) -> list:
     g(model, ids, n)  # compile outside the profile
@@ -214,7 +209,7 @@ def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9,
 def variant_ab(model: torch.nn.Module, batch: int, variant: str, reps: int = 9) -> dict:
     """lean_graph against lean_graph over one of VARIANTS: whole calls alternating as generation_ms times them, 96
     replayed steps, and the rows whose 100 tokens differ (a near-tie parts them; the correctness suite rules)."""
-    other = dataclasses.replace(GENERATORS["lean_graph"], name=f"lean_graph_{variant}", cache=VARIANTS[variant])
+    other = dataclasses.replace(GENERATORS["lean_graph"], name=f"lean_graph_{variant}", cache=variant_cache(variant))
     registry = {"lean_graph": GENERATORS["lean_graph"], other.name: other}
     ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
     release_sessions()
@@ -273,9 +268,14 @@ def main() -> None:
     parser.add_argument("--pdl", action="store_true", help="only the A/B of inductor's PDL (pdl_ab), per batch")
     parser.add_argument("--head", action="store_true", help="only the LM head and argmax table (head_table)")
     parser.add_argument("--gemm", action="store_true", help="only the layer GEMM table (gemm_table)")
-    parser.add_argument("--ab", nargs="+", choices=sorted(VARIANTS), default=[],
-                        help="only lean_graph against lean_graph over each named variant (variant_ab)")
+    parser.add_argument("--ab", nargs="+", default=[], metavar="NAME",
+                        help=f"only lean_graph against each variant (variant_ab): {', '.join(VARIANTS)}, or a+b")
     args = parser.parse_args()
+    for name in args.ab:  # a misspelt name fails here, not after minutes of the others
+        try:
+            variant_cache(name)
+        except ValueError as e:
+            parser.error(str(e))
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
     for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("gemm", gemm_table), ("ab", variant_ab)):

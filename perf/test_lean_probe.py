@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from generators import EAGER, Generator, generate, loop, models
-from perf.lean_probe import VARIANTS, UnfusedLeanKV, per_step
+from perf.lean_probe import VARIANTS, UnfusedLeanKV, per_step, variant_cache
 
 
 def events(*named_us: tuple[str, float]) -> list[SimpleNamespace]:
@@ -39,14 +39,20 @@ def test_unfused_lean_cache_is_a_variant_like_any_other() -> None:
     assert not loop.Session(UnfusedLeanKV, EAGER, model, ids, 8, None, None).cache.lean.fused_qkv
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", [*VARIANTS, "unfused_head+skinny_16"])
 def test_ab_variants_set_their_options_and_keep_naive_tokens(name: str) -> None:
     """Each of the probe's --ab variants is LeanModel with its options set: naive's tokens on CPU (where neither
     head_argmax.py nor skinny.py runs; the GPU suite rules there)."""
     model = models.build("tiny-llama")
     ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
-    cache = VARIANTS[name]
+    cache = variant_cache(name)
     out = Generator(f"lean_{name}", "", cache=cache)(model, ids, 8, eos_token_id=7)
     assert torch.equal(out, generate("naive", model, ids, 8, eos_token_id=7))
     lean = loop.Session(cache, EAGER, model, ids, 8, None, None).cache.lean
-    assert {key: getattr(lean, key) for key in cache.lean_options} == cache.lean_options
+    want = {k: v for part in name.split("+") for k, v in VARIANTS[part].items()}
+    assert {key: getattr(lean, key) for key in want} == want
+
+
+def test_a_misspelt_variant_is_named() -> None:
+    with pytest.raises(ValueError, match="'skinny_64' is not one of"):
+        variant_cache("fused_head+skinny_64")

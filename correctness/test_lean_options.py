@@ -1,0 +1,18 @@
+"""LeanModel's options that follow the weights' dtype (the kernels they pick are tested in test_head_argmax.py and
+test_skinny.py; their tokens by the equivalence suite on the GPU)."""
+
+import pytest
+
+from generators.lean import LeanModel
+from generators.models import build
+
+
+@pytest.mark.parametrize(("dtype", "fused", "max_rows"), [("bfloat16", True, 32), ("float32", False, 16)])
+def test_fused_head_and_skinny_rows_default_by_dtype(dtype: str, fused: bool, max_rows: int) -> None:
+    """fused_head and skinny.py's 32 rows are on in bf16 only, where the step's A/B measured them faster; an option
+    given wins."""
+    model = build("tiny-gpt2", dtype=dtype)
+    lean = LeanModel(model)
+    assert (lean.fused_head, lean.skinny_max_rows) == (fused, max_rows)
+    lean = LeanModel(model, fused_head=not fused, skinny_max_rows=8)
+    assert (lean.fused_head, lean.skinny_max_rows) == (not fused, 8)
