@@ -6,8 +6,12 @@ from generators import GENERATORS
 from generators.grids import CUDA_GRID, GATE_GRID
 
 FASTEST = ["cuda_graph", "cuda_graph_deferred", "lean_graph", "hf_generate_static"]
+# The longest grid points first: xdist hands a recording's points out in this order (its reorder keeps the order
+# of points with as many rows), and the last point out sets the wall. At f15f785 the b32/400 point (121 s of 39-121)
+# went out third, leaving the workers 292 s and 231 s of rows (docs/history/2026-11-gate.md, section 12).
+LONGEST_FIRST = sorted(CUDA_GRID, key=lambda point: -point[1])
 GRIDS = {
-    "full": [(v, b, n, "float32") for b, n in CUDA_GRID for v in GENERATORS]
+    "full": [(v, b, n, "float32") for b, n in LONGEST_FIRST for v in GENERATORS]
     + [(v, 32, 100, "bfloat16") for v in ["naive", *FASTEST]],
     "gate": [(v, b, n, "float32") for b, n in GATE_GRID for v in GENERATORS],
     "smoke": [(v, b, n, "float32") for b, n in [(2, 8), (4, 16)]

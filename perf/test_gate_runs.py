@@ -261,6 +261,13 @@ def test_the_gate_splits_a_grid_point_by_compiled_step() -> None:
     assert len({xdist_group(*p, gate=False) for p in gate_grid}) == 2  # a recording: one group a grid point
 
 
+def test_a_recording_hands_out_its_longest_grid_points_first() -> None:
+    """xdist gives out a recording's grid points in collection order; the longest (most new tokens) go first, so
+    the last one out is short."""
+    tokens = [n for _, _, n, dtype in GRIDS["full"] if dtype == "float32"]
+    assert tokens == sorted(tokens, reverse=True)
+
+
 def test_the_report_says_where_the_rows_time_went() -> None:
     row = lambda **kw: Row("v", 1, 8, "float32", gate.HOST, candidate_s=[1.0, 2.0], base_s=[1.0, 1.0], **kw)  # noqa: E731
     line = time_spent([row(wall_s=20.0, warmup_s=9.0, peaks_s=4.0), row(wall_s=10.0, warmup_s=1.0), row()])
