@@ -27,3 +27,18 @@ def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, tr
     w = torch.randn(n, k, device=device).t() if transposed else torch.randn(k, n, device=device)
     got = skinny.skinny_partials(x, w, False).sum(0)  # ieee fp32: comparable with a float64 product
     torch.testing.assert_close(got, (x.double() @ w.double()).float(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.usefixtures("needs_triton")
+@pytest.mark.parametrize(("block_n", "block_k", "per_sm"), [(128, 32, 4), (32, 128, 1), (64, 64, 8)])
+def test_other_launch_configs_sum_to_matmul(device: torch.device, block_n: int, block_k: int, per_sm: int) -> None:
+    """The configurations the probe's sweep times (plan's keywords, launch's) give the same sums: a sweep compares
+    speeds of one result."""
+    torch.manual_seed(0)
+    m, k, n = 5, 300, 200
+    x, w = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    block_n, splits, per_split = skinny.plan(m, n, k, 16, block_n=block_n, block_k=block_k, per_sm=per_sm)
+    assert (splits - 1) * per_split < k <= splits * per_split
+    out = torch.empty(splits, m, n, device=device)
+    skinny.launch(x, w, out, False, block_n, per_split, block_k=block_k, num_stages=4)
+    torch.testing.assert_close(out.sum(0), (x.double() @ w.double()).float(), rtol=1e-4, atol=1e-3)

@@ -73,15 +73,28 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(m: int, n: int, k: int, sms: int) -> tuple[int, int, int]:
-    """(BLOCK_N, splits, K per split) for one shape: about two programs per SM, each K slab a whole number of
-    BLOCK_K tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out."""
-    block_n = 64 if n >= 2048 else 32
+def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_k: int = BLOCK_K,
+         per_sm: int = 2) -> tuple[int, int, int]:
+    """(BLOCK_N, splits, K per split) for one shape: about `per_sm` programs per SM, each K slab a whole number of
+    block_k tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out. The
+    keywords are the probe's sweep (perf.lean_probe --skinny-sweep); the lean step takes the defaults."""
+    block_n = block_n or (64 if n >= 2048 else 32)
     col_blocks = -(-n // block_n)
-    tiles = -(-k // BLOCK_K)
-    want = max(1, min(tiles, -(-2 * sms // col_blocks)))
+    tiles = -(-k // block_k)
+    want = max(1, min(tiles, -(-per_sm * sms // col_blocks)))
     per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)
-    return block_n, -(-tiles // per_split), per_split * BLOCK_K
+    return block_n, -(-tiles // per_split), per_split * block_k
+
+
+def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, block_n: int, per_split: int, *,
+           block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3) -> None:
+    """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each."""
+    (m, k), n = x.shape, w.shape[1]
+    precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
+    _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
+        x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+        K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k,
+        PRECISION=precision, num_warps=num_warps, num_stages=num_stages)
 
 
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
@@ -90,11 +103,7 @@ def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tenso
     (m, k), n = x.shape, w.shape[1]
     block_n, splits, per_split = plan(m, n, k, _sm_count(x.device))
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-    precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
-    _partials_kernel[(triton.cdiv(n, block_n), splits)](
-        x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-        K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=BLOCK_K,
-        PRECISION=precision, num_warps=4, num_stages=3)
+    launch(x, w, out, tf32, block_n, per_split)
     return out
 
 

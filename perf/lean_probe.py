@@ -17,7 +17,8 @@ it (addmm on the [in, out] weight), cuBLAS on a transposed contiguous copy (F.li
 skinny.py's kernel (partial sums only: their sum is fused into the next kernel in the compiled step).
 Each of these runs alone, instead of the above: --pdl, inductor's programmatic dependent launch off and on
 (pdl_ab); --head, the LM head and argmax as cuBLAS + argmax against head_argmax.py (head_table); --gemm, the GEMM
-table alone; --ab NAME..., lean_graph against each of LeanModel's variants (VARIANTS) in turn (variant_ab).
+table alone; --skinny-sweep, skinny.py's launch configurations (skinny_sweep); --ab NAME..., lean_graph against each
+of LeanModel's variants (VARIANTS) in turn (variant_ab).
 """
 
 from __future__ import annotations
@@ -136,6 +137,40 @@ def gemm_table(model: torch.nn.Module, rows: int) -> dict[str, dict[str, float]]
             us = _graph_us(calls)
             out[shape][arm] = {"us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1)}
         del transposed
+    return out
+
+
+def _skinny_config_us(x: torch.Tensor, mods: list, block_n: int | None, block_k: int, per_sm: int,
+                      stages: int) -> dict:
+    """us a call of skinny.py's kernel over `mods`' weights at one launch configuration (plan's and launch's
+    keywords), 12 calls a graph as gemm_table times them."""
+    (m, k), n = x.shape, mods[0].weight.shape[1]
+    sms = skinny._sm_count(x.device)  # 4 in Triton's interpreter
+    bn, splits, per_split = skinny.plan(m, n, k, sms, block_n=block_n, block_k=block_k, per_sm=per_sm)
+    bufs = [torch.empty(splits, m, n, device=x.device) for _ in mods]
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    us = _graph_us([lambda w=mod.weight, b=b: skinny.launch(x, w, b, tf32, bn, per_split, block_k=block_k,
+                                                            num_stages=stages)
+                    for mod, b in zip(mods, bufs, strict=True)])
+    return {"us": round(us, 2), "block_n": bn, "block_k": block_k, "per_sm": per_sm, "stages": stages,
+            "splits": splits}
+
+
+def skinny_sweep(model: torch.nn.Module, rows: int, top: int = 3) -> dict[str, dict]:
+    """skinny.py's kernel over launch configurations (BLOCK_N, BLOCK_K, programs per SM, pipeline stages), per layer
+    shape at M = rows; the plan in use against the `top` fastest. A config's splits are how many partial sums the
+    next kernel reads: fewer is cheaper there, which this does not time."""
+    out = {}
+    for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        mods = [layer.get_submodule(name) for layer in model.transformer.h]
+        w = mods[0].weight
+        x = torch.randn(rows, w.shape[0], device=w.device, dtype=w.dtype)
+        configs = [_skinny_config_us(x, mods, bn, bk, per_sm, stages) for bn in (32, 64, 128)
+                   for bk in (32, 64, 128) for per_sm in (1, 2, 4) for stages in (3, 4)]
+        shape = f"{name} {tuple(mods[0].weight.shape)}"
+        out[shape] = {"in use": _skinny_config_us(x, mods, None, skinny.BLOCK_K, 2, 3),
+                      "fastest": sorted(configs, key=lambda c: c["us"])[:top], "configs": len(configs)}
+        print(json.dumps({"rows": rows, shape: out[shape]}), flush=True)  # progress: the sweep compiles 54 kernels
     return out
 
 
@@ -268,6 +303,8 @@ def main() -> None:
     parser.add_argument("--pdl", action="store_true", help="only the A/B of inductor's PDL (pdl_ab), per batch")
     parser.add_argument("--head", action="store_true", help="only the LM head and argmax table (head_table)")
     parser.add_argument("--gemm", action="store_true", help="only the layer GEMM table (gemm_table)")
+    parser.add_argument("--skinny-sweep", action="store_true",
+                        help="only skinny.py's launch configurations per layer shape (skinny_sweep)")
     parser.add_argument("--ab", nargs="+", default=[], metavar="NAME",
                         help=f"only lean_graph against each variant (variant_ab): {', '.join(VARIANTS)}, or a+b")
     args = parser.parse_args()
@@ -278,12 +315,13 @@ def main() -> None:
             parser.error(str(e))
     model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
     result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
-    for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("gemm", gemm_table), ("ab", variant_ab)):
+    for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("gemm", gemm_table), ("skinny_sweep", skinny_sweep),
+                        ("ab", variant_ab)):
         if getattr(args, flag):
             for batch in args.batch:
                 for variant in args.ab if flag == "ab" else [None]:
                     row = probe(model, batch) if variant is None else probe(model, batch, variant)
-                    result["rows"].append({"batch": batch, **row} if flag == "gemm" else row)
+                    result["rows"].append({"batch": batch, **row} if flag in ("gemm", "skinny_sweep") else row)
                     print(json.dumps(result["rows"][-1]), flush=True)
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"{flag}_{args.dtype}.json").write_text(json.dumps(result, indent=1))
