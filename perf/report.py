@@ -152,7 +152,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m perf.report RUN.json|ROWS.jsonl ...``: the verdict table of rows a gate run measured, e.g. the rows
-    log of a run stopped by a time limit. Exit 1 if a row regressed."""
+    log of a run stopped by a time limit. Exit 1 if a row regressed or raised, and always with --stopped."""
     p = argparse.ArgumentParser(prog="python -m perf.report", description=main.__doc__.split(":")[0].strip("`"))
     p.add_argument("runs", nargs="+", type=Path, help="--benchmark-json or --rows-log files of gate runs")
     p.add_argument("--bands", type=Path, help="a bands.json to judge against (default: the default bands)")
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = failures(benchmarks)
     for line in failed_lines(failed):
         print(line)
-    return 1 if regressed or failed else 0
+    return 1 if regressed or failed or args.stopped else 0  # a stopped run never passes (its header says so)
 
 
 if __name__ == "__main__":

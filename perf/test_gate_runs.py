@@ -293,3 +293,8 @@ def test_a_rows_log_cut_by_a_kill_still_gives_a_report(tmp_path: Path, capsys) -
     assert report_main(["--stopped", str(tmp_path / "missing.jsonl")]) == 2
     out = capsys.readouterr().out
     assert out.startswith("### Perf gate stopped before its report") and "could not be read either" in out
+    # A stopped run did not pass, though every row it judged did: its report says GATE FAILED, and so does its exit.
+    log.write_text(whole)
+    assert report_main([str(log)]) == 0
+    assert report_main(["--stopped", str(log)]) == 1
+    assert "GATE FAILED" in capsys.readouterr().out
