@@ -135,7 +135,7 @@ class LeanKV(Cache):
     compile_dynamic = False
     capture_prefill = True
 
-    lean_options: ClassVar[dict] = {}  # LeanModel's keyword options (the probes' variants set fused_qkv, fused_head)
+    lean_options: ClassVar[dict] = {}  # LeanModel's keyword options (perf.lean_probe's variants set them)
 
     def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
         super().__init__(model, d)

@@ -53,15 +53,10 @@ COMPILED = {
 }
 
 
-class UnfusedLeanKV(caches.LeanKV):
-    """LeanKV over LeanModel(fused_qkv=False): GPT-2's K/V writes and q as kernels of their own."""
-
-    lean_options = {"fused_qkv": False}
-
-
 # LeanModel's options that --ab sets, by name; "a+b" sets both.
 VARIANTS = {"fused_head": {"fused_head": True}, "unfused_head": {"fused_head": False},
-            "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32}}
+            "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
+            "unfused_qkv": {"fused_qkv": False}}  # GPT-2's K/V writes and q as kernels of their own
 
 
 def variant_cache(name: str) -> type[caches.LeanKV]:
@@ -167,7 +162,7 @@ def skinny_sweep(model: torch.nn.Module, rows: int, top: int = 3) -> dict[str, d
         x = torch.randn(rows, w.shape[0], device=w.device, dtype=w.dtype)
         configs = [_skinny_config_us(x, mods, bn, bk, per_sm, stages) for bn in (32, 64, 128)
                    for bk in (32, 64, 128) for per_sm in (1, 2, 4) for stages in (3, 4)]
-        shape = f"{name} {tuple(mods[0].weight.shape)}"
+        shape = f"{name} {tuple(w.shape)}"
         out[shape] = {"in use": _skinny_config_us(x, mods, None, skinny.BLOCK_K, 2, 3),
                       "fastest": sorted(configs, key=lambda c: c["us"])[:top], "configs": len(configs)}
         print(json.dumps({"rows": rows, shape: out[shape]}), flush=True)  # progress: the sweep compiles 54 kernels
@@ -332,7 +327,7 @@ def main() -> None:
                "ms per call, 100 new tokens": generation_ms(model, batch, 100),
                "ms per 96 lean steps by steps per graph": steps_per_graph(model, batch, 96, args.steps_per_graph),
                "ms per 96 lean steps, K/V writes and q as kernels of their own": steps_per_graph(
-                   model, batch, 96, [1], UnfusedLeanKV)}
+                   model, batch, 96, [1], variant_cache("unfused_qkv"))}
         release_sessions()
         row["gemm_us"] = gemm_table(model, batch)
         for label, g in {} if args.no_profile else COMPILED.items():

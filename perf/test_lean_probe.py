@@ -1,5 +1,5 @@
-"""lean_probe's per-step kernel table on synthetic profiler events, and its unfused lean cache policy on CPU (the
-probe itself needs a GPU)."""
+"""lean_probe's per-step kernel table on synthetic profiler events, and its variants' lean cache policies on CPU
+(the probe itself needs a GPU)."""
 
 from types import SimpleNamespace
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from generators import EAGER, Generator, generate, loop, models
-from perf.lean_probe import VARIANTS, UnfusedLeanKV, per_step, variant_cache
+from perf.lean_probe import VARIANTS, per_step, variant_cache
 
 
 def events(*named_us: tuple[str, float]) -> list[SimpleNamespace]:
@@ -30,20 +30,12 @@ def test_per_step_keeps_kernels_that_appear_only_in_decode_steps() -> None:
     assert table == {"b": {"launches": 1.0, "us": 2.0}}
 
 
-def test_unfused_lean_cache_is_a_variant_like_any_other() -> None:
-    """The probe's UnfusedLeanKV is a cache policy a Generator takes in one line: naive's tokens, fused_qkv off."""
-    model = models.build("tiny-gpt2")
-    ids = torch.randint(0, model.config.vocab_size, (3, 5), generator=torch.Generator().manual_seed(0))
-    out = Generator("lean_unfused", "", cache=UnfusedLeanKV)(model, ids, 8, eos_token_id=7)
-    assert torch.equal(out, generate("naive", model, ids, 8, eos_token_id=7))
-    assert not loop.Session(UnfusedLeanKV, EAGER, model, ids, 8, None, None).cache.lean.fused_qkv
-
-
 @pytest.mark.parametrize("name", [*VARIANTS, "unfused_head+skinny_16"])
-def test_ab_variants_set_their_options_and_keep_naive_tokens(name: str) -> None:
-    """Each of the probe's --ab variants is LeanModel with its options set: naive's tokens on CPU (where neither
-    head_argmax.py nor skinny.py runs; the GPU suite rules there)."""
-    model = models.build("tiny-llama")
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+def test_ab_variants_set_their_options_and_keep_naive_tokens(name: str, family: str) -> None:
+    """Each of the probe's variants is a cache policy a Generator takes in one line, LeanModel with its options set:
+    naive's tokens on CPU (where neither head_argmax.py nor skinny.py runs; the GPU suite rules there)."""
+    model = models.build(family)
     ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
     cache = variant_cache(name)
     out = Generator(f"lean_{name}", "", cache=cache)(model, ids, 8, eos_token_id=7)
