@@ -112,7 +112,7 @@ def test_llama_family_step_through_the_kernels(device: torch.device, family: str
     attention_on, matmul_on = flash_decode.available, skinny.available
     if device.type != "cuda":  # the interpreter runs the kernels on CPU
         attention_on = lambda q: True  # noqa: E731
-        matmul_on = lambda x: skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS  # noqa: E731
+        matmul_on = lambda x, max_rows=skinny.MAX_ROWS: skinny.MIN_ROWS <= x.shape[0] <= max_rows  # noqa: E731
     model = build(family, device=device)  # (sets TF32 on for fp32 matmuls)
     # Full fp32 on a GPU too: cuBLAS's TF32 and skinny.py's tf32x3 would part by more than the summation order.
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -122,7 +122,7 @@ def test_llama_family_step_through_the_kernels(device: torch.device, family: str
     def run(kernels: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         # The kernels on, or both paths through the modules and reductions.
         monkeypatch.setattr(flash_decode, "available", attention_on if kernels else lambda q: False)
-        monkeypatch.setattr(skinny, "available", matmul_on if kernels else lambda x: False)
+        monkeypatch.setattr(skinny, "available", matmul_on if kernels else lambda x, max_rows=None: False)
         lean = LeanModel(model)
         d = Decoding.allocate(2, 3, 3, None, None, device)
         d.reset(ids)
