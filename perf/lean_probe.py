@@ -225,15 +225,21 @@ def generation_ms(model: torch.nn.Module, batch: int, n: int, reps: int = 9,
     """Median ms of whole calls as the main job times them (bench.timed_call: input checks, reset, prefill, n - 1
     step replays with the stop check, the trim); the arms alternate call by call, so drift in the machine hits them
     alike. Each arm keeps its session (loop.MAX_SESSIONS holds two)."""
+    return alternating_calls(model, batch, n, reps, {arm: GENERATORS[arm] for arm in arms})[0]
+
+
+def alternating_calls(model: torch.nn.Module, batch: int, n: int, reps: int, registry: dict[str, Generator]
+                      ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """generation_ms over the generators of `registry`, and each one's tokens of its last call."""
     ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
     release_sessions()
-    times = {arm: [] for arm in arms}
+    times, tokens = {name: [] for name in registry}, {}
     for _ in range(reps + 1):  # the first round warms up (compile, capture)
-        for arm in arms:
-            elapsed, _ = bench.timed_call(arm, model, ids, n, eos)
-            times[arm].append(elapsed * 1e3)
+        for name in registry:
+            elapsed, tokens[name] = bench.timed_call(name, model, ids, n, eos, registry=registry)
+            times[name].append(elapsed * 1e3)
     release_sessions()
-    return {arm: round(sorted(t[1:])[reps // 2], 2) for arm, t in times.items()}
+    return {name: round(sorted(t[1:])[reps // 2], 2) for name, t in times.items()}, tokens
 
 
 def variant_ab(model: torch.nn.Module, batch: int, variant: str, reps: int = 9) -> dict:
@@ -241,18 +247,10 @@ def variant_ab(model: torch.nn.Module, batch: int, variant: str, reps: int = 9) 
     replayed steps, and the rows whose 100 tokens differ (a near-tie parts them; the correctness suite rules)."""
     other = dataclasses.replace(GENERATORS["lean_graph"], name=f"lean_graph_{variant}", cache=variant_cache(variant))
     registry = {"lean_graph": GENERATORS["lean_graph"], other.name: other}
-    ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
-    release_sessions()
-    times, tokens = {name: [] for name in registry}, {}
-    for _ in range(reps + 1):  # the first round warms up (compile, capture)
-        for name in registry:
-            elapsed, tokens[name] = bench.timed_call(name, model, ids, 100, eos, registry=registry)
-            times[name].append(elapsed * 1e3)
-    release_sessions()
+    ms, tokens = alternating_calls(model, batch, 100, reps, registry)
     plain, ours = tokens.values()
     differ = (plain != ours).any(dim=1)
-    return {"batch": batch, "variant": variant,
-            "ms per call": {n: round(sorted(t[1:])[reps // 2], 2) for n, t in times.items()},
+    return {"batch": batch, "variant": variant, "ms per call": ms,
             "ms per 96 steps": {n: round(steps_per_graph(model, batch, 96, [1], g.cache)[1], 2)
                                 for n, g in registry.items()},
             "rows whose tokens differ": f"{int(differ.sum())} of {batch}",
@@ -316,7 +314,7 @@ def main() -> None:
             for batch in args.batch:
                 for variant in args.ab if flag == "ab" else [None]:
                     row = probe(model, batch) if variant is None else probe(model, batch, variant)
-                    result["rows"].append({"batch": batch, **row} if flag in ("gemm", "skinny_sweep") else row)
+                    result["rows"].append({"batch": batch, **row})  # gemm_table's and skinny_sweep's lack it
                     print(json.dumps(result["rows"][-1]), flush=True)
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"{flag}_{args.dtype}.json").write_text(json.dumps(result, indent=1))
