@@ -275,7 +275,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         benchmarks = _timed(bs)
     if g.compare:
         ok, g.report = report.gate_report(g, benchmarks, grid_for(config), workers=_workers(config),
-                                          wall_s=time.perf_counter() - g.started, failed=config.stash[FAILED].rows)
+                                          span=(g.started_at, time.time()), failed=config.stash[FAILED].rows)
         if config.getoption("--gate-report"):
             Path(config.getoption("--gate-report")).write_text(g.report)
         if not ok:

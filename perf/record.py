@@ -35,6 +35,7 @@ class Row:
     gpu_idle_share: float | None = None  # --trace-steps: share of the traced steps with no kernel running (CUDA only)
     host_wait_us_per_step: float | None = None  # --trace-steps: the host blocked in a synchronisation
     wall_s: float | None = None  # the whole row: warm-up, rounds, memory, compilation included
+    started_at: float | None = None  # time.time() as the row began: what a run spent outside its rows
     warmup_s: float | None = None  # the warm-up round, both arms: compilation and capture happen there
     peaks_s: float | None = None  # ab.arm_peaks' generations
     peak_generations: int | None = None  # how many: 4, or 8 where the arms' peaks differed (gate.settled_peaks)

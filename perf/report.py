@@ -39,9 +39,10 @@ def failed_lines(failed: list[dict], outcome: str = "**GATE FAILED**", before: s
             *(f"- {f['name']}: {f['failed']}" for f in failed)] if failed else []
 
 
-def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wall_s: float | None = None,
-                failed: list[dict] = ()) -> tuple[bool, str]:
-    """(passed, markdown) for the benchmark dicts of one gate run; ``failed``: the rows that raised instead."""
+def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1,
+                span: tuple[float, float] | None = None, failed: list[dict] = ()) -> tuple[bool, str]:
+    """(passed, markdown) for the benchmark dicts of one gate run; ``span``: when the run's set-up began and when it
+    ended (time.time()); ``failed``: the rows that raised instead."""
     order = {bench_name(*point): i for i, point in enumerate(GRIDS[grid])}
     benchmarks = sorted(benchmarks, key=lambda b: (order.get(b["name"], len(order)), b["name"]))
     names = [b["name"] for b in benchmarks]
@@ -62,7 +63,7 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
     lines += _runner_lines(g, rows, names)
     left_out = len(set(order) - set(names) - {f["name"] for f in failed})
     selection = f"; {left_out} rows of the {grid} grid were not selected" if left_out else ""
-    took = "" if wall_s is None else f" in {wall_s / 60:.1f} min"
+    took = "" if span is None else f" in {(span[1] - span[0]) / 60:.1f} min"
     lines.append(f"- Judged: {len(rows)} rows{selection}, on {g.card} x {workers}{took}, each in paired rounds (base, "
                  f"then this tree) until its CI settled the verdict ({gate.FIRST_ROUNDS} to {g.rounds} rounds; a "
                  f"change is called on >= {gate.FLAG_ROUNDS}).")
@@ -70,7 +71,7 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1, wa
                f"others")
     lines.append(f"- Noise bands: {'per row from ' + store.BANDS + ', else ' if g.bands else ''}{default}. Memory: "
                  f"peak allocated up > {gate.MEMORY_SHARE:.0%} and > {gate.MEMORY_MIN_BYTES >> 20} MiB regresses.")
-    spent = time_spent(rows)
+    spent = time_spent(rows, span)
     if spent:
         lines.append(f"- {spent}")
     injected = sorted(r.variant for r in rows if r.injected_slowdown)
@@ -109,9 +110,10 @@ def _runner_lines(g: Gate, rows: list[Row], names: list[str]) -> list[str]:
             f"- Host speed, base arm today vs its stored times: {host.line()}."]
 
 
-def time_spent(rows: list[Row]) -> str | None:
+def time_spent(rows: list[Row], span: tuple[float, float] | None = None) -> str | None:
     """Where the rows' time went, so that a slow gate says whether it was the rounds, the compiler or the memory
-    passes. None: no row measured its wall time."""
+    passes; with the run's ``span`` (time.time() at its set-up and at its end), also the time outside the rows, which
+    more workers do not share out. None: no row measured its wall time."""
     measured = [r for r in rows if r.wall_s is not None]
     if not measured:
         return None
@@ -128,6 +130,11 @@ def time_spent(rows: list[Row]) -> str | None:
             busy[r.worker] = busy.get(r.worker, 0.0) + r.wall_s
     if len(busy) > 1:  # how evenly the rows spread over the GPUs: the run ends with the busiest worker
         line += " Rows per worker: " + ", ".join(f"{w} {s:.0f} s" for w, s in sorted(busy.items())) + "."
+    began = [r.started_at for r in measured if r.started_at is not None]
+    if span is not None and began:
+        last = max(r.started_at + r.wall_s for r in measured if r.started_at is not None)
+        line += (f" Outside the rows: {min(began) - span[0]:.0f} s from the set-up to the first row (workers' "
+                 f"start-up, imports, the base arm, collection), {span[1] - last:.0f} s after the last.")
     return line
 
 

@@ -36,7 +36,7 @@ class Gate:
     generators_tree: str | None = None  # recorded with a baseline
     trace: tuple[int, int] | None = None  # --trace-steps START:STOP decode steps
     report: str = ""  # the gate's markdown report, once judged
-    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)  # epoch s: workers' rows are on the same clock
 
 
 def usage(message: str) -> pytest.UsageError:

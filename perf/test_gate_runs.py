@@ -277,6 +277,12 @@ def test_the_report_says_where_the_rows_time_went() -> None:
     assert "per worker" not in line  # one process: nothing to spread
     spread = time_spent([row(wall_s=20.0, worker="gw1"), row(wall_s=10.0, worker="gw0"), row(wall_s=5.0, worker="gw0")])
     assert spread.endswith("Rows per worker: gw0 15 s, gw1 20 s.")
+    # The set-up began at 100 s; the rows ran from 112 s to 140 s (gw0 from 112 s, gw1 from 120 s); the run ended at 143.
+    timed = [row(wall_s=20.0, worker="gw1", started_at=120.0), row(wall_s=10.0, worker="gw0", started_at=112.0)]
+    assert time_spent(timed, (100.0, 143.0)).endswith("Outside the rows: 12 s from the set-up to the first row "
+                                                       "(workers' start-up, imports, the base arm, collection), 3 s "
+                                                       "after the last.")
+    assert "Outside" not in time_spent(timed)  # no span: the run's ends are not known
 
 
 def test_a_rows_log_cut_by_a_kill_still_gives_a_report(tmp_path: Path, capsys) -> None:

@@ -48,12 +48,13 @@ def klass_of(variant: str) -> str:
 
 def test_generate(benchmark, models_by_dtype, device: torch.device, variant: str, batch: int, new_tokens: int,
                   dtype: str, perf_gate: Gate, pytestconfig: pytest.Config) -> None:
-    started = time.perf_counter()
+    started, row_started_at = time.perf_counter(), time.time()
     model = models_by_dtype(dtype)
     input_ids = bench.post_prompt(model, batch, device)
     eos = bench.eos_of(model)
     row = Row(variant, batch, new_tokens, dtype, klass_of(variant),
-              injected_slowdown=perf_gate.injected.get(variant, 0.0), worker=os.environ.get("PYTEST_XDIST_WORKER"))
+              injected_slowdown=perf_gate.injected.get(variant, 0.0), worker=os.environ.get("PYTEST_XDIST_WORKER"),
+              started_at=row_started_at)
     out = []
 
     def candidate() -> None:
