@@ -20,7 +20,7 @@ import torch
 from generators import bench, models, trace
 
 from . import ab, gate, report, store
-from .grids import GRIDS
+from .grids import GRIDS, handout_order
 from .run import (
     FailedRows,
     Gate,
@@ -198,6 +198,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         others = [item for item in items if getattr(item, "originalname", None) != "test_generate"]
         config.hook.pytest_deselected(items=others)
         items[:] = timed
+    if g.compare and _is_worker(config):  # the order xdist hands the rows out in (grids.handout_order says why)
+        point = lambda item: tuple(item.callspec.params[k] for k in ("variant", "batch", "new_tokens", "dtype"))  # noqa: E731
+        rank = {p: i for i, p in enumerate(handout_order([point(item) for item in items]))}
+        items.sort(key=lambda item: rank[point(item)])
 
 
 @pytest.fixture(scope="session")

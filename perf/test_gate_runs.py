@@ -10,6 +10,7 @@ import math
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from generators import GENERATORS
 
 from . import gate, store
-from .grids import GRIDS, xdist_group
+from .grids import GRIDS, handout_order, xdist_group
 from .record import Row
 from .report import main as report_main
 from .report import read_rows, time_spent
@@ -266,6 +267,19 @@ def test_a_recording_hands_out_its_longest_grid_points_first() -> None:
     the last one out is short."""
     tokens = [n for _, _, n, dtype in GRIDS["full"] if dtype == "float32"]
     assert tokens == sorted(tokens, reverse=True)
+
+
+def test_the_gate_hands_out_its_short_cuda_graph_rows_last() -> None:
+    """Under xdist a worker holds rows queued behind the one it runs: the compiled-step groups go out first, the
+    host-bound rows next, the CUDA-graph rows (a few seconds each) last."""
+    points = GRIDS["gate"]
+    order = handout_order(points)
+    assert sorted(order) == sorted(points)
+    sizes = Counter(xdist_group(*p, gate=True) for p in points)
+    kinds = ["group" if sizes[xdist_group(*p, gate=True)] > 1 else "graph" if GENERATORS[p[0]].captured else "host"
+             for p in order]
+    assert kinds == sorted(kinds, key=["group", "host", "graph"].index), list(zip(order, kinds, strict=True))
+    assert kinds[-1] == "graph" and "host" in kinds
 
 
 def test_the_report_says_where_the_rows_time_went() -> None:
