@@ -267,7 +267,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     g = config.stash.get(GATE, None)
     bs = getattr(config, "_benchmarksession", None)
-    if g is None or bs is None:
+    if g is None or bs is None or config.option.collectonly:  # --collect-only lists the rows; there is nothing to judge
         return
     if _is_worker(config):
         config.workeroutput["decode_gate_rows"] = json.dumps(_timed(bs), default=str)

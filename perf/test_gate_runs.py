@@ -73,6 +73,12 @@ def test_the_gate_flags_an_injected_slowdown_and_judges_every_selected_row(stora
         assert re.search(rf"^\| {re.escape(b['name'])} \|.* \| {len(info['candidate_s'])} \|$", text, flags=re.M)
 
 
+def test_collect_only_lists_the_gates_rows_without_a_verdict(storage) -> None:
+    option, _ = storage
+    rc, out = run(option, "--benchmark-compare", "--perf-grid=smoke", "--collect-only")
+    assert rc == 0 and "test_generate[naive-b4-n16-float32]" in out and "Perf gate" not in out, out
+
+
 def test_a_stopped_runs_rows_can_still_be_judged(storage, tmp_path: Path) -> None:
     option, _ = storage
     rows = tmp_path / "rows.jsonl"
@@ -291,7 +297,7 @@ def test_the_report_says_where_the_rows_time_went() -> None:
     assert "per worker" not in line  # one process: nothing to spread
     spread = time_spent([row(wall_s=20.0, worker="gw1"), row(wall_s=10.0, worker="gw0"), row(wall_s=5.0, worker="gw0")])
     assert spread.endswith("Rows per worker: gw0 15 s, gw1 20 s.")
-    # The set-up began at 100 s; the rows ran from 112 s to 140 s (gw0 from 112 s, gw1 from 120 s); the run ended at 143.
+    # Set-up at 100 s; rows from 112 s to 140 s (gw0 from 112 s, gw1 from 120 s); the run ended at 143 s.
     timed = [row(wall_s=20.0, worker="gw1", started_at=120.0), row(wall_s=10.0, worker="gw0", started_at=112.0)]
     assert time_spent(timed, (100.0, 143.0)).endswith("Outside the rows: 12 s from the set-up to the first row "
                                                        "(workers' start-up, imports, the base arm, collection), 3 s "
