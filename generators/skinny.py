@@ -67,7 +67,7 @@ if triton is not None:
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1, tests): few programs run faster
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -101,7 +101,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, bloc
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S slabs of K (see the module docstring)."""
     (m, k), n = x.shape, w.shape[1]
-    block_n, splits, per_split = plan(m, n, k, _sm_count(x.device))
+    block_n, splits, per_split = plan(m, n, k, sm_count(x.device))
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
     launch(x, w, out, tf32, block_n, per_split)
     return out
@@ -110,7 +110,7 @@ def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tenso
 @skinny_partials.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[1]
-    _, splits, _ = plan(m, n, k, _sm_count(x.device))
+    _, splits, _ = plan(m, n, k, sm_count(x.device))
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 

@@ -140,7 +140,7 @@ def _skinny_config_us(x: torch.Tensor, mods: list, block_n: int | None, block_k:
     """us a call of skinny.py's kernel over `mods`' weights at one launch configuration (plan's and launch's
     keywords), 12 calls a graph as gemm_table times them."""
     (m, k), n = x.shape, mods[0].weight.shape[1]
-    sms = skinny._sm_count(x.device)  # 4 in Triton's interpreter
+    sms = skinny.sm_count(x.device)  # 4 in Triton's interpreter
     bn, splits, per_split = skinny.plan(m, n, k, sms, block_n=block_n, block_k=block_k, per_sm=per_sm)
     bufs = [torch.empty(splits, m, n, device=x.device) for _ in mods]
     tf32 = torch.backends.cuda.matmul.allow_tf32

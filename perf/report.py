@@ -45,8 +45,8 @@ def gate_report(g: Gate, benchmarks: list[dict], grid: str, workers: int = 1,
     ended (time.time()); ``failed``: the rows that raised instead."""
     order = {bench_name(*point): i for i, point in enumerate(GRIDS[grid])}
     benchmarks = sorted(benchmarks, key=lambda b: (order.get(b["name"], len(order)), b["name"]))
-    names = [b["name"] for b in benchmarks]
     results = judged(benchmarks, g.bands)
+    names = [verdict.name for _, verdict in results]  # a rows log's failed entries have no row
     rows = [row for row, _ in results]
     base = g.base
     if base.commit == ab.SELF:
