@@ -265,18 +265,18 @@ def pdl_ab(model: torch.nn.Module, batch: int, repeats: int = 2) -> dict:
     config = torch._inductor.config.triton
     if not hasattr(config, "enable_pdl"):
         return {"batch": batch, "skipped": f"torch {torch.__version__} has no inductor config triton.enable_pdl"}
-    ids, eos = bench.post_prompt(model, batch, "cuda"), bench.eos_of(model)
+    lean = {"lean_graph": GENERATORS["lean_graph"]}
     runs, reference = [], None
     for _ in range(repeats):
         for pdl in (False, True):
             config.enable_pdl = pdl
             release_sessions()  # the graphs go before the compiled code they replay
             torch._dynamo.reset()
-            call = generation_ms(model, batch, 100, reps=5, arms=("lean_graph",))["lean_graph"]
+            ms, last = alternating_calls(model, batch, 100, 5, lean)
             steps = steps_per_graph(model, batch, 96, [1])[1]
-            _, tokens = bench.timed_call("lean_graph", model, ids, 100, eos)
+            tokens = last["lean_graph"]
             reference = tokens if reference is None else reference
-            runs.append({"pdl": pdl, "ms per call": call, "ms per 96 steps": round(steps, 2),
+            runs.append({"pdl": pdl, "ms per call": ms["lean_graph"], "ms per 96 steps": round(steps, 2),
                          "tokens as the first arm's": bool(torch.equal(tokens, reference))})
             print(json.dumps({"batch": batch, **runs[-1]}), flush=True)
     config.enable_pdl = False
