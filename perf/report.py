@@ -133,8 +133,9 @@ def time_spent(rows: list[Row], span: tuple[float, float] | None = None) -> str 
     began = [r.started_at for r in measured if r.started_at is not None]
     if span is not None and began:
         last = max(r.started_at + r.wall_s for r in measured if r.started_at is not None)
-        line += (f" Outside the rows: {min(began) - span[0]:.0f} s from the set-up to the first row (workers' "
-                 f"start-up, imports, the base arm, collection), {span[1] - last:.0f} s after the last.")
+        before = "workers' start-up, imports, the base arm, collection" if len(busy) > 1 else "collection"
+        line += (f" Outside the rows: {min(began) - span[0]:.0f} s from the set-up to the first row ({before}), "
+                 f"{span[1] - last:.0f} s after the last.")
     return line
 
 

@@ -303,6 +303,8 @@ def test_the_report_says_where_the_rows_time_went() -> None:
                                                        "(workers' start-up, imports, the base arm, collection), 3 s "
                                                        "after the last.")
     assert "Outside" not in time_spent(timed)  # no span: the run's ends are not known
+    alone = time_spent([row(wall_s=20.0, started_at=101.0)], (100.0, 121.0))  # one process: no workers to start
+    assert alone.endswith("Outside the rows: 1 s from the set-up to the first row (collection), 0 s after the last.")
 
 
 def test_a_rows_log_cut_by_a_kill_still_gives_a_report(tmp_path: Path, capsys) -> None:
