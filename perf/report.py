@@ -130,11 +130,12 @@ def time_spent(rows: list[Row], span: tuple[float, float] | None = None) -> str 
             busy[r.worker] = busy.get(r.worker, 0.0) + r.wall_s
     if len(busy) > 1:  # how evenly the rows spread over the GPUs: the run ends with the busiest worker
         line += " Rows per worker: " + ", ".join(f"{w} {s:.0f} s" for w, s in sorted(busy.items())) + "."
-    began = [r.started_at for r in measured if r.started_at is not None]
-    if span is not None and began:
-        last = max(r.started_at + r.wall_s for r in measured if r.started_at is not None)
+    stamped = [r for r in measured if r.started_at is not None]
+    if span is not None and stamped:
+        first = min(r.started_at for r in stamped)
+        last = max(r.started_at + r.wall_s for r in stamped)
         before = "workers' start-up, imports, the base arm, collection" if len(busy) > 1 else "collection"
-        line += (f" Outside the rows: {min(began) - span[0]:.0f} s from the set-up to the first row ({before}), "
+        line += (f" Outside the rows: {first - span[0]:.0f} s from the set-up to the first row ({before}), "
                  f"{span[1] - last:.0f} s after the last.")
     return line
 
