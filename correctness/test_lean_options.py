@@ -16,3 +16,11 @@ def test_fused_head_and_skinny_rows_default_by_dtype(dtype: str, fused: bool, ma
     assert (lean.fused_head, lean.skinny_max_rows) == (fused, max_rows)
     lean = LeanModel(model, fused_head=not fused, skinny_max_rows=8)
     assert (lean.fused_head, lean.skinny_max_rows) == (not fused, 8)
+
+
+def test_pdl_needs_hopper() -> None:
+    """pdl asked for where there is no Hopper GPU is refused by name, never silently off."""
+    model = build("tiny-gpt2", dtype="float32")
+    assert not LeanModel(model).pdl
+    with pytest.raises(ValueError, match="pdl=True needs a CUDA device"):
+        LeanModel(model, pdl=True)

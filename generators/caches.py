@@ -27,6 +27,7 @@ class Cache:
 
     static = False  # preallocated and reset in place: one_token can be compiled and captured
     compile_dynamic = False  # static only: torch.compile(one_token's function, dynamic=compile_dynamic)
+    compile_options: tuple = ()  # static only: inductor options of that compile, as (name, value) pairs
     capture_prefill = False  # static only: under a CUDA graph the prefill is captured too
 
     def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
@@ -141,6 +142,8 @@ class LeanKV(Cache):
         super().__init__(model, d)
         self.lean = LeanModel(model, **self.lean_options)
         self.caches = self.lean.new_cache(*d.tokens.shape)  # batch, P + N
+        if self.lean.pdl:  # inductor's kernels wait for and release their neighbours as the lean kernels do
+            self.compile_options = (("triton.enable_pdl", True),)
 
     def reset(self) -> None:
         for k, v in self.caches:  # as StaticCache.reset

@@ -49,7 +49,7 @@ class Compile(Execution):
 
     def bind(self, session: object, input_ids: torch.Tensor) -> Steps:
         fn, args = session.cache.one_token
-        step = compiled(fn, dynamic=session.cache.compile_dynamic)
+        step = compiled(fn, dynamic=session.cache.compile_dynamic, options=session.cache.compile_options)
         return session.cache.prefill, lambda: step(*args)
 
 
@@ -75,13 +75,13 @@ EAGER, COMPILE, CUDA_GRAPH = Eager(), Compile(), CudaGraph()
 
 
 @functools.cache
-def compiled(step: Callable, dynamic: bool) -> Callable:
-    """`step` torch.compile'd, one compiled function per step function: every variant that compiles it shares
-    dynamo's cache of compiled graphs."""
+def compiled(step: Callable, dynamic: bool, options: tuple = ()) -> Callable:
+    """`step` torch.compile'd, one compiled function per step function and inductor options ((name, value) pairs):
+    every variant that compiles it so shares dynamo's cache of compiled graphs."""
     # fullgraph: a graph break would silently put Python back in the hot loop. The recompile limit: one
     # process compiles a step for many shapes (the main job's and perf's grids, the correctness shapes).
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(step, fullgraph=True, dynamic=dynamic)
+    return torch.compile(step, fullgraph=True, dynamic=dynamic, options=dict(options) or None)
 
 
 def capture(step: Callable[[], None], steps: int = 1) -> torch.cuda.CUDAGraph:

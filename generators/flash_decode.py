@@ -70,7 +70,10 @@ if triton is not None:
     @triton.jit
     def _kernel(q_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_kl,
                 scale, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                BLOCK: tl.constexpr):
+                BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # every input may be the kernel before's output; the kernel after may start (it waits for us)
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row, head = tl.program_id(0), tl.program_id(1)
         kv_head = head // GROUP  # grouped-query attention: GROUP query heads read one K/V head
         d = tl.arange(0, D_PAD)
@@ -96,7 +99,10 @@ if triton is not None:
     @triton.jit
     def _qkv_kernel(parts_ptr, bias_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, stride_ps, stride_pb, stride_kb, stride_kh,
                     stride_kl, scale, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr, LENGTH: tl.constexpr,
-                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # as in _kernel
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row, head = tl.program_id(0), tl.program_id(1)
         width = tl.num_programs(1) * D  # GPT-2's c_attn output: [q heads | k heads | v heads]
         d = tl.arange(0, D_PAD)
@@ -119,9 +125,10 @@ if triton is not None:
 
 @torch.library.custom_op("decode_gate::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, pdl: bool = False) -> torch.Tensor:
     """q [B, heads, 1, D], caches [B, kv_heads, L, D] (last dim contiguous), position [1] on the device:
-    softmax(q k^T * scale) v over cache slots 0..position, as [B, heads, 1, D] in the cache's dtype."""
+    softmax(q k^T * scale) v over cache slots 0..position, as [B, heads, 1, D] in the cache's dtype. pdl: launched
+    as a programmatic dependent launch (Hopper; skinny.py)."""
     b, heads, _, d = q.shape
     if k_cache.stride(-1) != 1 or v_cache.stride() != k_cache.stride() or q.stride(-1) != 1:
         raise ValueError("decode_attention wants the caches alike and every last dimension contiguous")
@@ -129,19 +136,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _kernel[(b, heads)](q, k_cache, v_cache, position, out, q.stride(0), q.stride(1), k_cache.stride(0),
                         k_cache.stride(1), k_cache.stride(2), scale, LENGTH=k_cache.shape[2],
                         GROUP=heads // k_cache.shape[1], D=d, D_PAD=triton.next_power_of_2(d), BLOCK=BLOCK_L,
-                        num_warps=4)
+                        PDL=pdl and q.is_cuda, num_warps=4, launch_pdl=pdl and q.is_cuda)
     return out
 
 
 @decode_attention.register_fake
 def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
-      scale: float) -> torch.Tensor:
+      scale: float, pdl: bool = False) -> torch.Tensor:
     return q.new_empty(q.shape, dtype=k_cache.dtype)
 
 
 @torch.library.custom_op("decode_gate::decode_attention_qkv", mutates_args=("k_cache", "v_cache"))
 def decode_attention_qkv(parts: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor,
-                         v_cache: torch.Tensor, position: torch.Tensor, scale: float) -> torch.Tensor:
+                         v_cache: torch.Tensor, position: torch.Tensor, scale: float, pdl: bool = False
+                         ) -> torch.Tensor:
     """GPT-2's step attention straight from its c_attn projection, in one kernel instead of four (the qkv sum and
     bias for q, K and V, the two cache writes, the attention): ``parts`` [S, B, 3 * heads * D] holds S partial sums
     of the projection without its bias (skinny.py's, fp32; or S = 1, cuBLAS's mm in the model's dtype), or S = 1
@@ -158,12 +166,13 @@ def decode_attention_qkv(parts: torch.Tensor, bias: torch.Tensor | None, k_cache
     _qkv_kernel[(b, heads)](parts, parts if bias is None else bias, k_cache, v_cache, position, out, parts.stride(0),
                             parts.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), scale,
                             SPLITS=splits, HAS_BIAS=bias is not None, LENGTH=k_cache.shape[2], D=d,
-                            D_PAD=triton.next_power_of_2(d), BLOCK=BLOCK_L, num_warps=4)
+                            D_PAD=triton.next_power_of_2(d), BLOCK=BLOCK_L, PDL=pdl and parts.is_cuda,
+                            num_warps=4, launch_pdl=pdl and parts.is_cuda)
     return out
 
 
 @decode_attention_qkv.register_fake
 def _(parts: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
-      position: torch.Tensor, scale: float) -> torch.Tensor:
+      position: torch.Tensor, scale: float, pdl: bool = False) -> torch.Tensor:
     b, heads, _, d = k_cache.shape
     return k_cache.new_empty((b, heads, 1, d))

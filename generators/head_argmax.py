@@ -38,7 +38,10 @@ if triton is not None:
     @triton.jit
     def _block_argmax_kernel(h_ptr, w_ptr, max_ptr, idx_ptr, M, N, stride_hm, stride_wn, BLOCKS,
                              K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr):
+                             PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # h is the kernel before's output; the kernel after may start (it waits for us)
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pid = tl.program_id(0)
         rows = tl.arange(0, BLOCK_M)
         cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -66,7 +69,8 @@ if triton is not None:
 
 
 @torch.library.custom_op("decode_gate::head_argmax_blocks", mutates_args=())
-def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row and block of BLOCK_N vocabulary entries: the largest logit of h [M, K] @ w [N, K]^T (fp32) and the
     first index holding it. [M, blocks] each."""
     (m, k), n = h.shape, w.shape[0]
@@ -81,19 +85,19 @@ def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool) -> tuple[to
     # bound, and a model has one
     _block_argmax_kernel[(blocks,)](h, w, best, first, m, n, h.stride(0), w.stride(0), blocks, K=k,
                                     BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                    PRECISION=precision, ROUND_BF16=h.dtype == torch.bfloat16, num_warps=4,
-                                    num_stages=3)
+                                    PRECISION=precision, ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl and h.is_cuda,
+                                    num_warps=4, num_stages=3, launch_pdl=pdl and h.is_cuda)
     return best, first
 
 
 @head_argmax_blocks.register_fake
-def _(h: torch.Tensor, w: torch.Tensor, tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = -(-w.shape[0] // BLOCK_N)
     return h.new_empty((h.shape[0], blocks), dtype=torch.float32), h.new_empty((h.shape[0], blocks),
                                                                                dtype=torch.int64)
 
 
-def head_argmax(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def head_argmax(h: torch.Tensor, w: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """argmax(h @ w.T, dim=-1) for h [M, K] and an nn.Linear weight w [N, K] (K contiguous): [M] int64."""
-    best, first = head_argmax_blocks(h, w, torch.backends.cuda.matmul.allow_tf32)
+    best, first = head_argmax_blocks(h, w, torch.backends.cuda.matmul.allow_tf32, pdl)
     return first.gather(1, best.argmax(dim=1, keepdim=True)).squeeze(1)  # argmax: the first block with the max

@@ -57,7 +57,7 @@ class LeanModel(nn.Module):
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool | None = None,
-                 skinny_max_rows: int | None = None) -> None:
+                 skinny_max_rows: int | None = None, pdl: bool = False) -> None:
         super().__init__()
         # None: by the weights' dtype, as the step's A/B measured them on an H200 (perf.lean_probe --ab,
         # docs/history/2026-11-lean-step.md, "050be22"): in bf16 both on, 96 steps at b=32 53.8 -> 40.9 ms; in fp32
@@ -73,6 +73,12 @@ class LeanModel(nn.Module):
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
         # against.
         self.fused_qkv = fused_qkv
+        # pdl (CUDA, sm_90+): the step's Triton kernels as programmatic dependent launches, skinny.py's reading its
+        # weights while the kernel before it runs, and inductor's kernels compiled to let them (caches.LeanKV).
+        if pdl and not (model.lm_head.weight.is_cuda
+                        and torch.cuda.get_device_capability(model.lm_head.weight.device)[0] >= 9):
+            raise ValueError("pdl=True needs a CUDA device of compute capability 9.0 or newer (Hopper)")
+        self.pdl = pdl
         config = model.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -149,7 +155,7 @@ class LeanModel(nn.Module):
         h = self.hidden(tokens, positions, caches)
         head = self.hf.lm_head
         if self.fused_head and head.bias is None and head_argmax.available(h):
-            return head_argmax.head_argmax(h, head.weight)
+            return head_argmax.head_argmax(h, head.weight, self.pdl)
         return head(h).argmax(dim=-1)
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor,
@@ -193,7 +199,7 @@ class LeanModel(nn.Module):
         if not skinny.available(rows, self.skinny_max_rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
-        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t())
+        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl)
 
     def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""
@@ -217,7 +223,7 @@ class LeanModel(nn.Module):
             # for c_attn's addmm (96 steps 68.4 -> 64.2 ms on an H200); at one row the mm was 7% slower than the
             # unfused step (docs/history/2026-11-lean-step.md, "ab0d293, 919dea0, f6234cf")
             parts = torch.mm(rows, c_attn.weight).view(1, rows.shape[0], -1)
-        out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale)  # [B, heads, 1, D]
+        out = flash_decode.decode_attention_qkv(parts, bias, *cache, positions, scale, self.pdl)  # [B, heads, 1, D]
         return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +266,7 @@ class LeanModel(nn.Module):
         v_cache[:, :, positions] = v
         b, _, t, _ = q.shape
         if t == 1 and flash_decode.available(q):
-            out = flash_decode.decode_attention(q, k_cache, v_cache, positions, scale)
+            out = flash_decode.decode_attention(q, k_cache, v_cache, positions, scale, self.pdl)
         elif t == 1:
             out = self._decode_attention(q, k_cache, v_cache, mask, scale)
         else:  # the prefill: one call per generation, any kernel will do

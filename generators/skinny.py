@@ -50,18 +50,32 @@ if triton is not None:
     @triton.jit
     def _partials_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn,
                          K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, WHOLE_SLAB: tl.constexpr,
+                         PDL: tl.constexpr):
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K_PER_SPLIT, BLOCK_K):
-            ks = split * K_PER_SPLIT + k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
-                        mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+        if WHOLE_SLAB:  # W's slab as one tile, read before waiting: no kernel writes W, so under PDL its reads
+            # overlap the kernel before
+            ks = split * K_PER_SPLIT + tl.arange(0, K_PER_SPLIT)
             w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
                         mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
-            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            if PDL:
+                tl.extra.cuda.gdc_wait()  # x is the kernel before's output
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+                        mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+            if PDL:
+                tl.extra.cuda.gdc_launch_dependents()
+            acc = tl.dot(x, w, input_precision=PRECISION)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, K_PER_SPLIT, BLOCK_K):
+                ks = split * K_PER_SPLIT + k0 + tl.arange(0, BLOCK_K)
+                x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+                            mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+                w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
+                            mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
         tl.store(out_ptr + split * M * N + rows[:, None] * N + cols[None, :], acc,
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -74,47 +88,53 @@ def sm_count(device: torch.device) -> int:
 
 
 def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_k: int = BLOCK_K,
-         per_sm: int = 2) -> tuple[int, int, int]:
+         per_sm: int = 2, pdl: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, splits, K per split) for one shape: about `per_sm` programs per SM, each K slab a whole number of
     block_k tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out. The
-    keywords are the probe's sweep (perf.lean_probe --skinny-sweep); the lean step takes the defaults."""
+    keywords are the probe's sweep (perf.lean_probe --skinny-sweep); the lean step takes the defaults. pdl: a
+    program loads its slab as one tile, whose length Triton wants a power of two (at least as many programs)."""
     block_n = block_n or (64 if n >= 2048 else 32)
     col_blocks = -(-n // block_n)
     tiles = -(-k // block_k)
     want = max(1, min(tiles, -(-per_sm * sms // col_blocks)))
     per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)
+    if pdl:
+        per_split = 1 << (per_split.bit_length() - 1)
     return block_n, -(-tiles // per_split), per_split * block_k
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, block_n: int, per_split: int, *,
-           block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3) -> None:
-    """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each."""
+           block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3, pdl: bool = False) -> None:
+    """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each. pdl: launched as a
+    programmatic dependent launch (Hopper), its slab of W read as one tile while the kernel before it still runs
+    (in Triton's interpreter, the CPU tests, the one tile without the launch)."""
     (m, k), n = x.shape, w.shape[1]
     precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION=precision, num_warps=num_warps, num_stages=num_stages)
+        PRECISION=precision, WHOLE_SLAB=pdl, PDL=pdl and x.is_cuda, num_warps=num_warps, num_stages=num_stages,
+        launch_pdl=pdl and x.is_cuda)
 
 
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
-def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
+def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S slabs of K (see the module docstring)."""
     (m, k), n = x.shape, w.shape[1]
-    block_n, splits, per_split = plan(m, n, k, sm_count(x.device))
+    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), pdl=pdl)
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-    launch(x, w, out, tf32, block_n, per_split)
+    launch(x, w, out, tf32, block_n, per_split, pdl=pdl)
     return out
 
 
 @skinny_partials.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, tf32: bool) -> torch.Tensor:
+def _(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[1]
-    _, splits, _ = plan(m, n, k, sm_count(x.device))
+    _, splits, _ = plan(m, n, k, sm_count(x.device), pdl=pdl)
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 
-def partials(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with FP32_PRECISION exactly when
     torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
-    return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32)
+    return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32, pdl)
