@@ -9,31 +9,36 @@ from generators import skinny
 SHAPES = [(1, 768, 2304), (32, 768, 768), (5, 3072, 768), (3, 100, 70)]  # GPT-2 small's, and ragged ones
 
 
-@pytest.mark.parametrize("pdl", [False, True], ids=["loop", "pdl"])
+@pytest.mark.parametrize("whole_slab", [False, True], ids=["loop", "whole_slab"])
 @pytest.mark.parametrize("sms", [1, 16, 132])
 @pytest.mark.parametrize(("m", "k", "n"), SHAPES)
-def test_plan_covers_k_once(m: int, k: int, n: int, sms: int, pdl: bool) -> None:
-    block_n, splits, per_split = skinny.plan(m, n, k, sms, pdl=pdl)
+def test_plan_covers_k_once(m: int, k: int, n: int, sms: int, whole_slab: bool) -> None:
+    block_n, splits, per_split = skinny.plan(m, n, k, sms, whole_slab=whole_slab)
     assert per_split % skinny.BLOCK_K == 0
     assert (splits - 1) * per_split < k <= splits * per_split  # no empty slab, no K left out
     assert block_n in (32, 64)
     tiles = per_split // skinny.BLOCK_K
-    assert not pdl or tiles & (tiles - 1) == 0  # the one-tile slab: tl.arange wants a power of two
+    assert not whole_slab or tiles & (tiles - 1) == 0  # the one-tile slab: tl.arange wants a power of two
 
 
 @pytest.mark.usefixtures("needs_triton")
-@pytest.mark.parametrize("pdl", [False, True], ids=["loop", "pdl"])
+@pytest.mark.parametrize("whole_slab", [False, True], ids=["loop", "whole_slab"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv1d", "linear"])
 @pytest.mark.parametrize(("m", "k", "n"), SHAPES)
-def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, transposed: bool, pdl: bool) -> None:
-    """Both layouts: K in a loop of tiles, and (pdl) each slab of W as one tile read before the wait."""
-    if pdl and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
-        pytest.skip("programmatic dependent launch needs compute capability 9.0 (Hopper)")
+def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, transposed: bool,
+                                whole_slab: bool) -> None:
+    """Both layouts: K in a loop of tiles, and each slab of W as one tile (read before the wait under PDL); as a
+    programmatic dependent launch on a Hopper GPU."""
     torch.manual_seed(0)
     x = torch.randn(m, k, device=device)
     w = torch.randn(n, k, device=device).t() if transposed else torch.randn(k, n, device=device)
-    got = skinny.skinny_partials(x, w, False, pdl).sum(0)  # ieee fp32: comparable with a float64 product
-    torch.testing.assert_close(got, (x.double() @ w.double()).float(), rtol=1e-4, atol=1e-3)
+    want = (x.double() @ w.double()).float()  # ieee fp32 below: comparable with a float64 product
+    torch.testing.assert_close(skinny.skinny_partials(x, w, False).sum(0), want, rtol=1e-4, atol=1e-3)
+    block_n, splits, per_split = skinny.plan(m, n, k, skinny.sm_count(device), whole_slab=whole_slab)
+    got = torch.empty(splits, m, n, device=device)
+    pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    skinny.launch(x, w, got, False, block_n, per_split, pdl=pdl, whole_slab=whole_slab)
+    torch.testing.assert_close(got.sum(0), want, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.usefixtures("needs_triton")

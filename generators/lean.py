@@ -45,6 +45,18 @@ STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
+def hopper(device: torch.device) -> bool:
+    """Programmatic dependent launch runs here: a CUDA device of compute capability 9.0 or newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_pays(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
+    """LeanModel's pdl where lean_graph measured faster with it than without (one H200, perf.lean_probe --ab pdl at
+    6de8be4, ms a call: bf16 b=32 46.9 -> 43.3, b=1 42.5 -> 42.0; fp32 b=32 67.3 -> 64.4, b=4 55.5 -> 54.5): on
+    Hopper, but not fp32 at one row (47.7 -> 48.3), where cuBLAS's GEMVs run between inductor's kernels."""
+    return hopper(device) and (dtype != torch.float32 or rows > 1)
+
+
 def kv_heads_and_dim(config: object) -> tuple[int, int]:
     """(K/V heads, head dim) of a decoder's cache: GQA models (Llama) cache num_key_value_heads, not all heads."""
     heads = config.num_attention_heads
@@ -74,9 +86,9 @@ class LeanModel(nn.Module):
         # against.
         self.fused_qkv = fused_qkv
         # pdl (CUDA, sm_90+): the step's Triton kernels as programmatic dependent launches, skinny.py's reading its
-        # weights while the kernel before it runs, and inductor's kernels compiled to let them (caches.LeanKV).
-        if pdl and not (model.lm_head.weight.is_cuda
-                        and torch.cuda.get_device_capability(model.lm_head.weight.device)[0] >= 9):
+        # weights while the kernel before it runs, and inductor's kernels compiled to let them (caches.LeanKV, which
+        # turns it on where pdl_pays).
+        if pdl and not hopper(model.lm_head.weight.device):
             raise ValueError("pdl=True needs a CUDA device of compute capability 9.0 or newer (Hopper)")
         self.pdl = pdl
         config = model.config

@@ -68,6 +68,9 @@ if triton is not None:
                 tl.extra.cuda.gdc_launch_dependents()
             acc = tl.dot(x, w, input_precision=PRECISION)
         else:
+            if PDL:  # x is the kernel before's output; the kernel after may start (it waits for us)
+                tl.extra.cuda.gdc_wait()
+                tl.extra.cuda.gdc_launch_dependents()
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, K_PER_SPLIT, BLOCK_K):
                 ks = split * K_PER_SPLIT + k0 + tl.arange(0, BLOCK_K)
@@ -88,49 +91,56 @@ def sm_count(device: torch.device) -> int:
 
 
 def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_k: int = BLOCK_K,
-         per_sm: int = 2, pdl: bool = False) -> tuple[int, int, int]:
+         per_sm: int = 2, whole_slab: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, splits, K per split) for one shape: about `per_sm` programs per SM, each K slab a whole number of
     block_k tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out. The
-    keywords are the probe's sweep (perf.lean_probe --skinny-sweep); the lean step takes the defaults. pdl: a
-    program loads its slab as one tile, whose length Triton wants a power of two (at least as many programs)."""
+    keywords are the probe's sweep (perf.lean_probe --skinny-sweep); the lean step takes the defaults. whole_slab:
+    a program loads its slab as one tile, whose length Triton wants a power of two (at least as many programs)."""
     block_n = block_n or (64 if n >= 2048 else 32)
     col_blocks = -(-n // block_n)
     tiles = -(-k // block_k)
     want = max(1, min(tiles, -(-per_sm * sms // col_blocks)))
     per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)
-    if pdl:
+    if whole_slab:
         per_split = 1 << (per_split.bit_length() - 1)
     return block_n, -(-tiles // per_split), per_split * block_k
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, block_n: int, per_split: int, *,
-           block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3, pdl: bool = False) -> None:
+           block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3, pdl: bool = False,
+           whole_slab: bool = False) -> None:
     """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each. pdl: launched as a
-    programmatic dependent launch (Hopper), its slab of W read as one tile while the kernel before it still runs
-    (in Triton's interpreter, the CPU tests, the one tile without the launch)."""
+    programmatic dependent launch (Hopper; CUDA only, Triton's interpreter runs without). whole_slab: a program's
+    slab of W read as one tile, before it waits for the kernel before (plan(whole_slab=True)'s slabs)."""
     (m, k), n = x.shape, w.shape[1]
     precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION=precision, WHOLE_SLAB=pdl, PDL=pdl and x.is_cuda, num_warps=num_warps, num_stages=num_stages,
-        launch_pdl=pdl and x.is_cuda)
+        PRECISION=precision, WHOLE_SLAB=whole_slab, PDL=pdl and x.is_cuda, num_warps=num_warps,
+        num_stages=num_stages, launch_pdl=pdl and x.is_cuda)
+
+
+def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
+    """Under PDL, 16-bit inputs load their slab as one tile; fp32's (tf32x3, ieee) keeps the loop: as one tile at 32
+    rows it ran 5x slower on an H200 (lean_graph at b=32, 67.5 -> 357 ms a call, perf/RESULTS.md)."""
+    return pdl and x.element_size() == 2
 
 
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S slabs of K (see the module docstring)."""
     (m, k), n = x.shape, w.shape[1]
-    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), pdl=pdl)
+    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl))
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-    launch(x, w, out, tf32, block_n, per_split, pdl=pdl)
+    launch(x, w, out, tf32, block_n, per_split, pdl=pdl, whole_slab=whole_slab(x, pdl))
     return out
 
 
 @skinny_partials.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[1]
-    _, splits, _ = plan(m, n, k, sm_count(x.device), pdl=pdl)
+    _, splits, _ = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl))
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 
