@@ -16,7 +16,9 @@ kernels and one CUDA graph replays it:
 - norms and activations are the model's own modules, called as they are; projections read the model's own
   weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows, 2-32 in bf16 (cuBLAS's
   split-K kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise;
-- in bf16, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the logits.
+- in bf16, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the logits;
+- on Hopper, the kernels launch as programmatic dependents (pdl), so a projection reads its weights while the kernel
+  before it still runs (skinny.py).
 
 The Llama family differs in a few places, each taken from the model's own modules: Qwen2's q/k/v biases (any
 projection's bias is added), Qwen3's per-head q/k RMSNorm before RoPE (``q_norm``, ``k_norm``), Phi-3's fused
