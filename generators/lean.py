@@ -71,7 +71,8 @@ class LeanModel(nn.Module):
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool | None = None,
-                 skinny_max_rows: int | None = None, pdl: bool = False) -> None:
+                 skinny_max_rows: int | None = None, skinny_min_rows: int = skinny.MIN_ROWS, pdl: bool = False
+                 ) -> None:
         super().__init__()
         # None: by the weights' dtype, as the step's A/B measured them on an H200 (perf.lean_probe --ab,
         # docs/history/2026-11-lean-step.md, "050be22"): in bf16 both on, 96 steps at b=32 53.8 -> 40.9 ms; in fp32
@@ -82,6 +83,7 @@ class LeanModel(nn.Module):
         self.fused_head = bf16 if fused_head is None else fused_head
         # skinny_max_rows: the most rows a projection sends through skinny.py (16 was measured in fp32, tf32x3).
         self.skinny_max_rows = (32 if bf16 else skinny.MAX_ROWS) if skinny_max_rows is None else skinny_max_rows
+        self.skinny_min_rows = skinny_min_rows  # 1: one row too, on the CUDA cores (skinny.py's BLOCK_M == 1)
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
@@ -210,7 +212,7 @@ class LeanModel(nn.Module):
         """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself
         runs (not CUDA, rows outside MIN_ROWS..skinny_max_rows)."""
         rows = x.reshape(-1, x.shape[-1])
-        if not skinny.available(rows, self.skinny_max_rows):
+        if not skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
         return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl)

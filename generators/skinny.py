@@ -41,8 +41,8 @@ except ImportError:  # CPU wheels of torch ship without triton
     triton = None
 
 
-def available(x: torch.Tensor, max_rows: int = MAX_ROWS) -> bool:
-    return triton is not None and x.is_cuda and MIN_ROWS <= x.shape[0] <= max_rows
+def available(x: torch.Tensor, max_rows: int = MAX_ROWS, min_rows: int = MIN_ROWS) -> bool:
+    return triton is not None and x.is_cuda and min_rows <= x.shape[0] <= max_rows
 
 
 if triton is not None:
@@ -55,7 +55,18 @@ if triton is not None:
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        if WHOLE_SLAB:  # W's slab as one tile, read before waiting: no kernel writes W, so under PDL its reads
+        if BLOCK_M == 1:  # one row: products on the CUDA cores, exact in fp32 (tl.dot would pad the row to 16),
+            # the slab as one tile read before the wait, as below
+            ks = split * K_PER_SPLIT + tl.arange(0, K_PER_SPLIT)
+            w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
+                        mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0).to(tl.float32)
+            if PDL:
+                tl.extra.cuda.gdc_wait()
+            x = tl.load(x_ptr + ks * stride_xk, mask=ks < K, other=0.0).to(tl.float32)
+            if PDL:
+                tl.extra.cuda.gdc_launch_dependents()
+            acc = tl.sum(x[:, None] * w, axis=0)[None, :]
+        elif WHOLE_SLAB:  # W's slab as one tile, read before waiting: no kernel writes W, so under PDL its reads
             # overlap the kernel before
             ks = split * K_PER_SPLIT + tl.arange(0, K_PER_SPLIT)
             w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
@@ -101,7 +112,7 @@ def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_
     tiles = -(-k // block_k)
     want = max(1, min(tiles, -(-per_sm * sms // col_blocks)))
     per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)
-    if whole_slab:
+    if whole_slab or m == 1:  # one row: the kernel's BLOCK_M == 1 branch reads the slab as one tile
         per_split = 1 << (per_split.bit_length() - 1)
     return block_n, -(-tiles // per_split), per_split * block_k
 
@@ -116,14 +127,16 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, bloc
     precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-        K_PER_SPLIT=per_split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k,
+        K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
+        BLOCK_K=block_k,
         PRECISION=precision, WHOLE_SLAB=whole_slab, PDL=pdl and x.is_cuda, num_warps=num_warps,
         num_stages=num_stages, launch_pdl=pdl and x.is_cuda)
 
 
 def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
     """Under PDL, 16-bit inputs load their slab as one tile; fp32's (tf32x3, ieee) keeps the loop: as one tile at 32
-    rows it ran 5x slower on an H200 (lean_graph at b=32, 67.5 -> 357 ms a call, perf/RESULTS.md)."""
+    rows it ran 5x slower on an H200 (lean_graph at b=32, 67.5 -> 357 ms a call, perf/RESULTS.md). One row always
+    takes the one tile (plan)."""
     return pdl and x.element_size() == 2
 
 
