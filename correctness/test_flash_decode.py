@@ -99,8 +99,9 @@ def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, comp
 
 
 # tiny-llama's step is tiny-mistral's with other shapes (the GPU suite runs it through the kernels).
+@pytest.mark.parametrize("rows", [1, 2])
 @pytest.mark.parametrize("family", ["tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"])
-def test_llama_family_step_through_the_kernels(device: torch.device, family: str,
+def test_llama_family_step_through_the_kernels(device: torch.device, family: str, rows: int,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A Llama-family prefill and decode steps as the GPU runs them (skinny.py's matmul for every projection, this
     module's attention) against the same steps through the modules and reductions: same tokens, logits and caches
@@ -112,21 +113,22 @@ def test_llama_family_step_through_the_kernels(device: torch.device, family: str
     attention_on, matmul_on = flash_decode.available, skinny.available
     if device.type != "cuda":  # the interpreter runs the kernels on CPU
         attention_on = lambda q: True  # noqa: E731
-        matmul_on = lambda x, max_rows=skinny.MAX_ROWS: skinny.MIN_ROWS <= x.shape[0] <= max_rows  # noqa: E731
+        matmul_on = lambda x, max_rows=skinny.MAX_ROWS, min_rows=skinny.MIN_ROWS: (  # noqa: E731
+            min_rows <= x.shape[0] <= max_rows)
     model = build(family, device=device)  # (sets TF32 on for fp32 matmuls)
     # Full fp32 on a GPU too: cuBLAS's TF32 and skinny.py's tf32x3 would part by more than the summation order.
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (2, 3), device=device)  # 2 rows: skinny.MIN_ROWS
+    ids = torch.randint(0, model.config.vocab_size, (rows, 3), device=device)  # 1 row: skinny.py's BLOCK_M == 1
 
     def run(kernels: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         # The kernels on, or both paths through the modules and reductions.
         monkeypatch.setattr(flash_decode, "available", attention_on if kernels else lambda q: False)
-        monkeypatch.setattr(skinny, "available", matmul_on if kernels else lambda x, max_rows=None: False)
+        monkeypatch.setattr(skinny, "available", matmul_on if kernels else lambda *args: False)
         lean = LeanModel(model)
-        d = Decoding.allocate(2, 3, 3, None, None, device)
+        d = Decoding.allocate(rows, 3, 3, None, None, device)
         d.reset(ids)
-        caches = lean.new_cache(2, 6)
+        caches = lean.new_cache(rows, 6)
         logits = []
         with torch.inference_mode():
             logits.append(lean(d.tokens[:, :3], torch.arange(3, device=device), caches))

@@ -19,7 +19,7 @@ import torch
 
 from . import compat
 from .decoding import Decoding, append_pick, append_token
-from .lean import LeanModel, pdl_pays
+from .lean import LeanModel, hopper
 
 
 class Cache:
@@ -140,9 +140,7 @@ class LeanKV(Cache):
 
     def __init__(self, model: torch.nn.Module, d: Decoding) -> None:
         super().__init__(model, d)
-        weight = model.lm_head.weight
-        self.lean = LeanModel(model, **{"pdl": pdl_pays(weight.device, weight.dtype, d.tokens.shape[0])}
-                              | self.lean_options)
+        self.lean = LeanModel(model, **{"pdl": hopper(model.lm_head.weight.device)} | self.lean_options)
         self.caches = self.lean.new_cache(*d.tokens.shape)  # batch, P + N
         if self.lean.pdl:  # inductor's kernels wait for and release their neighbours as the lean kernels do
             self.compile_options = (("triton.enable_pdl", True),)

@@ -14,7 +14,7 @@ kernels and one CUDA graph replays it:
   cache with a positions mask built once per step (not per layer); for GPT-2 that kernel also sums c_attn's
   output, adds its bias and writes K/V into the cache itself (fused_qkv);
 - norms and activations are the model's own modules, called as they are; projections read the model's own
-  weights (no copies), through skinny.py's matmul on CUDA when a step has 2-16 rows, 2-32 in bf16 (cuBLAS's
+  weights (no copies), through skinny.py's matmul on CUDA when a step has 1-16 rows, 1-32 in bf16 (cuBLAS's
   split-K kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise;
 - in bf16, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the logits;
 - on Hopper, the kernels launch as programmatic dependents (pdl), so a projection reads its weights while the kernel
@@ -52,13 +52,6 @@ def hopper(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def pdl_pays(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
-    """LeanModel's pdl where lean_graph measured faster with it than without (one H200, perf.lean_probe --ab pdl at
-    6de8be4, ms a call: bf16 b=32 46.9 -> 43.3, b=1 42.5 -> 42.0; fp32 b=32 67.3 -> 64.4, b=4 55.5 -> 54.5): on
-    Hopper, but not fp32 at one row (47.7 -> 48.3), where cuBLAS's GEMVs run between inductor's kernels."""
-    return hopper(device) and (dtype != torch.float32 or rows > 1)
-
-
 def kv_heads_and_dim(config: object) -> tuple[int, int]:
     """(K/V heads, head dim) of a decoder's cache: GQA models (Llama) cache num_key_value_heads, not all heads."""
     heads = config.num_attention_heads
@@ -83,15 +76,16 @@ class LeanModel(nn.Module):
         self.fused_head = bf16 if fused_head is None else fused_head
         # skinny_max_rows: the most rows a projection sends through skinny.py (16 was measured in fp32, tf32x3).
         self.skinny_max_rows = (32 if bf16 else skinny.MAX_ROWS) if skinny_max_rows is None else skinny_max_rows
-        self.skinny_min_rows = skinny_min_rows  # 1: one row too, on the CUDA cores (skinny.py's BLOCK_M == 1)
+        self.skinny_min_rows = skinny_min_rows  # 2: one row through the module (cuBLAS's GEMV), as before ef10c87
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
         # against.
         self.fused_qkv = fused_qkv
         # pdl (CUDA, sm_90+): the step's Triton kernels as programmatic dependent launches, skinny.py's reading its
-        # weights while the kernel before it runs, and inductor's kernels compiled to let them (caches.LeanKV, which
-        # turns it on where pdl_pays).
+        # weights while the kernel before it runs, and inductor's kernels compiled to let them (caches.LeanKV turns
+        # it on wherever it runs: perf.lean_probe --ab measured it faster at every batch and dtype it tried, with
+        # one row through skinny.py; docs/history/2026-11-lean-step.md, "6de8be4, ce9733f" and "ef10c87").
         if pdl and not hopper(model.lm_head.weight.device):
             raise ValueError("pdl=True needs a CUDA device of compute capability 9.0 or newer (Hopper)")
         self.pdl = pdl

@@ -1,10 +1,11 @@
-"""A matmul for decoding's skinny shapes: x [M, K] @ W [K, N] with M the batch (2..16), N and K the layer's.
+"""A matmul for decoding's skinny shapes: x [M, K] @ W [K, N] with M the batch (1..16), N and K the layer's.
 
 Why: at a few rows an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at a fraction
 of copy bandwidth (~0.85 TB/s measured at M = 32, docs/history/2026-11-lean-step.md): a decode step is four small
 GEMMs per layer, each too short to fill the card. With the fp32-faithful tf32x3 products it ships with, this kernel
 clearly beats cuBLAS at 2-16 rows only, so that is where the lean step uses it in fp32 (``MIN_ROWS, MAX_ROWS``);
-bf16 pays no tf32x3, and the lean step takes it to 32 rows there (lean.py).
+bf16 pays no tf32x3, and the lean step takes it to 32 rows there (lean.py). One row multiplies on the CUDA cores in
+fp32, where cuBLAS runs a GEMV.
 Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
 GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per
 column block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
@@ -24,9 +25,10 @@ import torch
 
 # Rows (batch x tokens) for which a projection goes through this kernel; outside, through the module (cuBLAS).
 # Measured on an H200, 96 lean steps in one process, this kernel / cuBLAS (docs/history/2026-11-lean-step.md): with
-# "tf32x3" M=1 54.9 / 49.2 ms (cuBLAS runs an fp32 GEMV there), M=4 59.0 / 74.2, M=16 62.1 / 71.6, M=32 79.5 / 80.7;
-# with plain TF32 M=64 lost (96.6 / 86.2: the S x M x N partial sums grow to half the weight's bytes).
-MIN_ROWS, MAX_ROWS = 2, 16
+# "tf32x3" M=4 59.0 / 74.2 ms, M=16 62.1 / 71.6, M=32 79.5 / 80.7; with plain TF32 M=64 lost (96.6 / 86.2: the
+# S x M x N partial sums grow to half the weight's bytes). M=1 runs on the CUDA cores (BLOCK_M == 1): 27.7 / 39.0 ms
+# in bf16, 41.6 / 44.1 in fp32 (ef10c87, lean_graph with PDL where it then paid).
+MIN_ROWS, MAX_ROWS = 1, 16
 BLOCK_K = 64
 # How fp32 inputs are multiplied when torch allows TF32 matmuls: three TF32 products, fp32-accurate. Rows of the
 # correctness suite's tiny models whose greedy tokens part from naive's (cuBLAS, TF32), of 328, on an H200
