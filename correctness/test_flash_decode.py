@@ -31,8 +31,8 @@ def test_kernel_matches_the_reductions(device: torch.device, family: str, positi
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("position", [0, 5, 64, 99])
-# (1, False): c_attn's output, bias in (one row); (1, True): cuBLAS's mm + the bias (more rows); (3, True): skinny.py's
-# fp32 partial sums + the bias (2-16 rows)
+# (1, False): c_attn's output, bias in (one row, no skinny.py); (1, True): cuBLAS's mm + the bias (more rows than
+# skinny.py takes); (3, True): skinny.py's fp32 partial sums + the bias
 @pytest.mark.parametrize(("splits", "with_bias"), [(1, False), (1, True), (3, True)])
 def test_qkv_kernel_is_the_projection_the_cache_write_and_the_attention(device: torch.device, splits: int,
                                                                         with_bias: bool, position: int,

@@ -3,15 +3,18 @@
 Why: at a few rows an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at a fraction
 of copy bandwidth (~0.85 TB/s measured at M = 32, docs/history/2026-11-lean-step.md): a decode step is four small
 GEMMs per layer, each too short to fill the card. With the fp32-faithful tf32x3 products it ships with, this kernel
-clearly beats cuBLAS at 2-16 rows only, so that is where the lean step uses it in fp32 (``MIN_ROWS, MAX_ROWS``);
-bf16 pays no tf32x3, and the lean step takes it to 32 rows there (lean.py). One row multiplies on the CUDA cores in
-fp32, where cuBLAS runs a GEMV.
+clearly beats cuBLAS at 2-16 rows, so that is where the lean step uses it in fp32 (``MIN_ROWS, MAX_ROWS``); bf16
+pays no tf32x3, and the lean step takes it to 32 rows there (lean.py). One row (cuBLAS's GEMV) multiplies on the
+CUDA cores in fp32, in either dtype.
 Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
 GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per
 column block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
 ``_project`` with a plain ``.sum(0)``, which inductor fuses (with the bias, activation, residual) into the kernel
 that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel; flash_decode.py's qkv
 kernel for c_attn. A fixed S per shape keeps the summation order, hence the result, deterministic (no atomics).
+Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
+kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32's
+tf32x3 keeps its K loop, ``whole_slab``).
 
 CUDA only; ``available()`` says whether it is used here (triton importable, a CUDA tensor, MIN_ROWS..max_rows
 rows).
