@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from generators import bench, models, trace
+from generators import bench, trace
 
 from . import ab, gate, report, store
 from .grids import GRIDS, handout_order
@@ -225,6 +225,10 @@ def models_by_dtype(device: torch.device):
     built: dict[str, torch.nn.Module] = {}
 
     def get(dtype: str) -> torch.nn.Module:
+        # Imported here: the model classes take seconds to import, and an xdist controller, which builds no model,
+        # imports this file before it starts its workers
+        from generators import models  # noqa: PLC0415
+
         if dtype not in built:
             built[dtype] = models.build("gpt2-small" if device.type == "cuda" else "tiny-gpt2", dtype=dtype,
                                         device=device)

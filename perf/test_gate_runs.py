@@ -94,6 +94,15 @@ def test_a_stopped_runs_rows_can_still_be_judged(storage, tmp_path: Path) -> Non
     assert info["warmup_s"] > 0 and info["wall_s"] > info["warmup_s"] + sum(info["candidate_s"]) + sum(info["base_s"])
 
 
+def test_the_xdist_controller_imports_no_model_classes() -> None:
+    """A controller imports perf/conftest.py before it starts its workers and builds no model, so the model classes
+    (4 s of imports on a 2-core CPU) stay out of it: a two-worker smoke run took 22.4-23.3 s with them, 18.0-19.3
+    without (perf/test_perf.py -n 2, 2026-12-01)."""
+    code = "import sys, perf.conftest; print(sorted(m for m in ('generators.models',) if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "two workers"])
 def test_a_row_that_raises_fails_the_gate_by_name_and_its_error_is_in_the_rows_log(workers: list[str], storage,
                                                                                    tmp_path: Path) -> None:
