@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from generators import skinny
+from generators.lean import hopper
 
 SHAPES = [(1, 768, 2304), (32, 768, 768), (5, 3072, 768), (3, 100, 70)]  # GPT-2 small's, and ragged ones
 
@@ -36,8 +37,7 @@ def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, tr
     torch.testing.assert_close(skinny.skinny_partials(x, w, False).sum(0), want, rtol=1e-4, atol=1e-3)
     block_n, splits, per_split = skinny.plan(m, n, k, skinny.sm_count(device), whole_slab=whole_slab)
     got = torch.empty(splits, m, n, device=device)
-    pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    skinny.launch(x, w, got, False, block_n, per_split, pdl=pdl, whole_slab=whole_slab)
+    skinny.launch(x, w, got, False, block_n, per_split, pdl=hopper(device), whole_slab=whole_slab)
     torch.testing.assert_close(got.sum(0), want, rtol=1e-4, atol=1e-3)
 
 

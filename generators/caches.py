@@ -142,8 +142,11 @@ class LeanKV(Cache):
         super().__init__(model, d)
         self.lean = LeanModel(model, **{"pdl": hopper(model.lm_head.weight.device)} | self.lean_options)
         self.caches = self.lean.new_cache(*d.tokens.shape)  # batch, P + N
-        if self.lean.pdl:  # inductor's kernels wait for and release their neighbours as the lean kernels do
-            self.compile_options = (("triton.enable_pdl", True),)
+
+    @property
+    def compile_options(self) -> tuple:
+        """With pdl, inductor's kernels wait for and release their neighbours as the lean kernels do."""
+        return (("triton.enable_pdl", True),) if self.lean.pdl else ()
 
     def reset(self) -> None:
         for k, v in self.caches:  # as StaticCache.reset

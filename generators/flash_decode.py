@@ -133,10 +133,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if k_cache.stride(-1) != 1 or v_cache.stride() != k_cache.stride() or q.stride(-1) != 1:
         raise ValueError("decode_attention wants the caches alike and every last dimension contiguous")
     out = torch.empty((b, heads, 1, d), device=q.device, dtype=k_cache.dtype)
+    pdl = pdl and q.is_cuda  # Triton's interpreter (the CPU tests) runs without
     _kernel[(b, heads)](q, k_cache, v_cache, position, out, q.stride(0), q.stride(1), k_cache.stride(0),
                         k_cache.stride(1), k_cache.stride(2), scale, LENGTH=k_cache.shape[2],
                         GROUP=heads // k_cache.shape[1], D=d, D_PAD=triton.next_power_of_2(d), BLOCK=BLOCK_L,
-                        PDL=pdl and q.is_cuda, num_warps=4, launch_pdl=pdl and q.is_cuda)
+                        PDL=pdl, num_warps=4, launch_pdl=pdl)
     return out
 
 
@@ -163,11 +164,12 @@ def decode_attention_qkv(parts: torch.Tensor, bias: torch.Tensor | None, k_cache
     if parts.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride() != k_cache.stride():
         raise ValueError("decode_attention_qkv wants the caches alike and every last dimension contiguous")
     out = torch.empty((b, heads, 1, d), device=parts.device, dtype=k_cache.dtype)
+    pdl = pdl and parts.is_cuda  # as in decode_attention
     _qkv_kernel[(b, heads)](parts, parts if bias is None else bias, k_cache, v_cache, position, out, parts.stride(0),
                             parts.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), scale,
                             SPLITS=splits, HAS_BIAS=bias is not None, LENGTH=k_cache.shape[2], D=d,
-                            D_PAD=triton.next_power_of_2(d), BLOCK=BLOCK_L, PDL=pdl and parts.is_cuda,
-                            num_warps=4, launch_pdl=pdl and parts.is_cuda)
+                            D_PAD=triton.next_power_of_2(d), BLOCK=BLOCK_L, PDL=pdl, num_warps=4,
+                            launch_pdl=pdl)
     return out
 
 

@@ -81,12 +81,13 @@ def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool =
         precision = "tf32"
     else:
         precision = skinny.FP32_PRECISION if tf32 else "ieee"
+    pdl = pdl and h.is_cuda  # Triton's interpreter (the CPU tests) runs without
     # K, the hidden size, is a compile-time constant: Triton's interpreter (the CPU tests) cannot loop to a runtime
     # bound, and a model has one
     _block_argmax_kernel[(blocks,)](h, w, best, first, m, n, h.stride(0), w.stride(0), blocks, K=k,
                                     BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                    PRECISION=precision, ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl and h.is_cuda,
-                                    num_warps=4, num_stages=3, launch_pdl=pdl and h.is_cuda)
+                                    PRECISION=precision, ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl,
+                                    num_warps=4, num_stages=3, launch_pdl=pdl)
     return best, first
 
 

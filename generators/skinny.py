@@ -130,12 +130,12 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, bloc
     slab of W read as one tile, before it waits for the kernel before (plan(whole_slab=True)'s slabs)."""
     (m, k), n = x.shape, w.shape[1]
     precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
+    pdl = pdl and x.is_cuda
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        PRECISION=precision, WHOLE_SLAB=whole_slab, PDL=pdl and x.is_cuda, num_warps=num_warps,
-        num_stages=num_stages, launch_pdl=pdl and x.is_cuda)
+        BLOCK_K=block_k, PRECISION=precision, WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps,
+        num_stages=num_stages, launch_pdl=pdl)
 
 
 def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
@@ -149,9 +149,10 @@ def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S slabs of K (see the module docstring)."""
     (m, k), n = x.shape, w.shape[1]
-    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl))
+    slab = whole_slab(x, pdl)
+    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=slab)
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-    launch(x, w, out, tf32, block_n, per_split, pdl=pdl, whole_slab=whole_slab(x, pdl))
+    launch(x, w, out, tf32, block_n, per_split, pdl=pdl, whole_slab=slab)
     return out
 
 
