@@ -47,6 +47,6 @@ def handout_order(points: list[tuple]) -> list[tuple]:
     rows, whose rounds vary most with the host's noise, then the CUDA-graph rows, seconds each. A worker holds up to
     two rows queued behind the one it runs (xdist's low-water mark), so the last rows out should be short: at 776f252
     one worker idled 38 s at the end while the other ran a 41 s host-bound row, then the two it held."""
-    sizes = Counter(xdist_group(*p, gate=True) for p in points)
-    return sorted(points, key=lambda p: 0 if sizes[xdist_group(*p, gate=True)] > 1
-                  else 2 if GENERATORS[p[0]].captured else 1)
+    group = {p: xdist_group(*p, gate=True) for p in points}
+    sizes = Counter(group.values())
+    return sorted(points, key=lambda p: 0 if sizes[group[p]] > 1 else 2 if GENERATORS[p[0]].captured else 1)
