@@ -64,8 +64,8 @@ class LeanModel(nn.Module):
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool | None = None,
-                 skinny_max_rows: int | None = None, skinny_min_rows: int = skinny.MIN_ROWS, pdl: bool = False
-                 ) -> None:
+                 skinny_max_rows: int | None = None, skinny_min_rows: int = skinny.MIN_ROWS,
+                 skinny_max_splits: int | None = None, pdl: bool = False) -> None:
         super().__init__()
         # None: by the weights' dtype, as the step's A/B measured them on an H200 (perf.lean_probe --ab,
         # docs/history/2026-11-lean-step.md, "050be22"): in bf16 both on, 96 steps at b=32 53.8 -> 40.9 ms; in fp32
@@ -77,6 +77,7 @@ class LeanModel(nn.Module):
         # skinny_max_rows: the most rows a projection sends through skinny.py (16 was measured in fp32, tf32x3).
         self.skinny_max_rows = (32 if bf16 else skinny.MAX_ROWS) if skinny_max_rows is None else skinny_max_rows
         self.skinny_min_rows = skinny_min_rows  # 2: one row through the module (cuBLAS's GEMV), as before ef10c87
+        self.skinny_max_splits = skinny_max_splits  # the most slabs of K a GEMM; None: skinny.slab_cap's
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
@@ -209,7 +210,8 @@ class LeanModel(nn.Module):
         if not skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
-        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl)
+        cap = skinny.slab_cap(rows) if self.skinny_max_splits is None else self.skinny_max_splits
+        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl, cap)
 
     def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""

@@ -6,12 +6,13 @@ GEMMs per layer, each too short to fill the card. With the fp32-faithful tf32x3 
 clearly beats cuBLAS at 2-16 rows, so that is where the lean step uses it in fp32 (``MIN_ROWS, MAX_ROWS``); bf16
 pays no tf32x3, and the lean step takes it to 32 rows there (lean.py). One row (cuBLAS's GEMV) multiplies on the
 CUDA cores in fp32, in either dtype.
-Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in
-GPT-2's Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per
-column block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
+Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in GPT-2's
+Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per column
+block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
 ``_project`` with a plain ``.sum(0)``, which inductor fuses (with the bias, activation, residual) into the kernel
-that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel; flash_decode.py's qkv
-kernel for c_attn. A fixed S per shape keeps the summation order, hence the result, deterministic (no atomics).
+that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel (inductor does so for up
+to 8 slabs; ``slab_cap`` says where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
+shape keeps the summation order, hence the result, deterministic (no atomics).
 Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
 kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32's
 tf32x3 keeps its K loop, ``whole_slab``).
@@ -33,6 +34,11 @@ import torch
 # in bf16, 41.6 / 44.1 in fp32 (ef10c87, lean_graph with PDL where it then paid).
 MIN_ROWS, MAX_ROWS = 1, 16
 BLOCK_K = 64
+# The most slabs a GEMM splits K into: inductor adds up to 8 partial sums inside the kernel that consumes them
+# (torch._inductor.config.unroll_reductions_threshold); more became a reduce kernel of its own, 12 a step (one per
+# layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b).
+MAX_SPLITS = 8
+UNCAPPED = 1 << 30  # plan's max_splits when the slabs follow the SMs alone
 # How fp32 inputs are multiplied when torch allows TF32 matmuls: three TF32 products, fp32-accurate. Rows of the
 # correctness suite's tiny models whose greedy tokens part from naive's (cuBLAS, TF32), of 328, on an H200
 # (docs/history/2026-11-lean-step.md): cuBLAS's own kernels 9, Triton's "tf32" 67 (the GPU suite failed its near-tie
@@ -107,18 +113,21 @@ def sm_count(device: torch.device) -> int:
 
 
 def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_k: int = BLOCK_K,
-         per_sm: int = 2, whole_slab: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_N, splits, K per split) for one shape: about `per_sm` programs per SM, each K slab a whole number of
-    block_k tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N still spreads out. The
-    keywords are the probe's sweep (perf.lean_probe --skinny-sweep); the lean step takes the defaults. whole_slab:
-    a program loads its slab as one tile, whose length Triton wants a power of two (at least as many programs)."""
+         per_sm: int = 2, whole_slab: bool = False, max_splits: int = MAX_SPLITS) -> tuple[int, int, int]:
+    """(BLOCK_N, splits, K per split) for one shape: about `per_sm` programs per SM, at most `max_splits` slabs, each
+    K slab a whole number of block_k tiles. Wide outputs take 64 columns a program, narrow ones 32, so a narrow N
+    still spreads out. The keywords are the probe's sweep and variants (perf.lean_probe); the lean step takes the
+    defaults. whole_slab: a program loads its slab as one tile, whose length Triton wants a power of two (at least
+    as many programs, unless max_splits binds)."""
     block_n = block_n or (64 if n >= 2048 else 32)
     col_blocks = -(-n // block_n)
     tiles = -(-k // block_k)
-    want = max(1, min(tiles, -(-per_sm * sms // col_blocks)))
+    want = max(1, min(tiles, -(-per_sm * sms // col_blocks), max_splits))
     per_split = -(-tiles // want)  # tiles per split; the last split may be shorter (masked)
     if whole_slab or m == 1:  # one row: the kernel's BLOCK_M == 1 branch reads the slab as one tile
         per_split = 1 << (per_split.bit_length() - 1)
+        if -(-tiles // per_split) > max_splits:
+            per_split *= 2
     return block_n, -(-tiles // per_split), per_split * block_k
 
 
@@ -138,6 +147,14 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, bloc
         num_stages=num_stages, launch_pdl=pdl)
 
 
+def slab_cap(x: torch.Tensor) -> int:
+    """The most slabs of K for x's GEMM: MAX_SPLITS at one row and in 16-bit; fp32 at 2-16 rows (tf32x3) takes the
+    slabs the SMs ask for, where fewer, longer programs cost more than the MLP's reduce kernel. perf.lean_probe --ab
+    many_slabs on an H200, a call capped / uncapped (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%,
+    b=16 +1.4%."""
+    return MAX_SPLITS if x.shape[0] == 1 or x.element_size() == 2 else UNCAPPED
+
+
 def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
     """Under PDL, 16-bit inputs load their slab as one tile; fp32's (tf32x3, ieee) keeps the loop: as one tile at 32
     rows it ran 5x slower on an H200 (lean_graph at b=32, 67.5 -> 357 ms a call, perf/RESULTS.md). One row always
@@ -146,24 +163,25 @@ def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
 
 
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
-def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
-    """[S, M, N] fp32 partial sums of x @ w over S slabs of K (see the module docstring)."""
+def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False, max_splits: int = MAX_SPLITS
+                    ) -> torch.Tensor:
+    """[S, M, N] fp32 partial sums of x @ w over S <= max_splits slabs of K (see the module docstring)."""
     (m, k), n = x.shape, w.shape[1]
     slab = whole_slab(x, pdl)
-    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=slab)
+    block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=slab, max_splits=max_splits)
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
     launch(x, w, out, tf32, block_n, per_split, pdl=pdl, whole_slab=slab)
     return out
 
 
 @skinny_partials.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False, max_splits: int = MAX_SPLITS) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[1]
-    _, splits, _ = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl))
+    _, splits, _ = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl), max_splits=max_splits)
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 
-def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: int = MAX_SPLITS) -> torch.Tensor:
     """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with FP32_PRECISION exactly when
     torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
-    return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32, pdl)
+    return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32, pdl, max_splits)

@@ -58,7 +58,8 @@ VARIANTS = {"fused_head": {"fused_head": True}, "unfused_head": {"fused_head": F
             "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
-            "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2}}  # one row through skinny.py or not
+            "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
+            "many_slabs": {"skinny_max_splits": skinny.UNCAPPED}}  # skinny.plan's slabs uncapped, as before 8
 
 
 def variant_cache(name: str) -> type[caches.LeanKV]:
