@@ -92,6 +92,17 @@ def test_a_repeated_row_ties_once() -> None:
     assert ledger.steps == {torch.float32: STEP + 1}
 
 
+def test_a_row_met_again_in_a_later_example_counts_once() -> None:
+    """The same tied row (same label, same tokens) in two examples of a session is one tie and one row's steps;
+    under another label it is another variant's evidence."""
+    expected, a, b = _expected_and_tokens(contract_model("cpu"))
+    actual, model, ledger = _diverging(expected, [1], b), _tied_model(a, b), TieLedger()
+    for label in ("crafted", "crafted", "other"):
+        assert_same_tokens(expected, actual, model=model, prompt_len=PROMPT_LEN, eos=None, pad=None, label=label,
+                           ledger=ledger)
+    assert ledger.steps == {torch.float32: 2 * (8 + STEP + 1)} and len(ledger.ties[torch.float32]) == 2
+
+
 def test_a_different_token_after_eos_is_never_a_tie() -> None:
     expected, a, b = _expected_and_tokens(contract_model("cpu"))
     eos = int(expected[0, PROMPT_LEN + STEP - 1])

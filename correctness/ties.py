@@ -13,8 +13,9 @@ chance in about one session in a thousand, however few steps the session compare
 at least one, failed correct sessions on an H200: 2 ties where ~800 fp32 steps allowed 1). A compared step is one
 token compared up to and including its row's first divergence. A row
 that repeats an earlier one (the same prompt, and the same tokens in both outputs) is the same evidence and counts
-once: the strategies draw a batch's prompts from a small pool, so one near-tie could otherwise fill the
-per-example cap by itself (it did, on an H200: two copies of a tiny-llama prompt tied at gap 1.5e-5).
+once, in one example or in a later one: the strategies draw a batch's prompts from a small pool, so one near-tie
+could otherwise fill the per-example cap by itself (it did, on an H200: two copies of a tiny-llama prompt tied at gap
+1.5e-5), or the session's ration (f9a6d5b's lean rows on an H200: one tie counted three times, in three examples).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class TieLedger:
 
     steps: dict[torch.dtype, int] = field(default_factory=dict)
     ties: dict[torch.dtype, list[str]] = field(default_factory=dict)
+    seen: set = field(default_factory=set)  # rows compared so far: one met again in a later example counts once
 
     def record(self, dtype: torch.dtype, steps: int, ties: list[str]) -> None:
         self.steps[dtype] = self.steps.get(dtype, 0) + steps
@@ -106,7 +108,8 @@ def assert_same_tokens(expected: torch.Tensor, actual: torch.Tensor, *, model: t
     Both outputs must already satisfy the contract (contract.assert_contract): a row holds padding after its
     EOS, and an output ends early only once every row has produced EOS.
     """
-    result = compare_tokens(expected, actual, model=model, prompt_len=prompt_len, eos=eos, pad=pad, label=label)
+    result = compare_tokens(expected, actual, model=model, prompt_len=prompt_len, eos=eos, pad=pad, label=label,
+                            seen=ledger.seen)
     if result.failure:
         raise AssertionError(result.failure)
     dtype = next(model.parameters()).dtype

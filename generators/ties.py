@@ -95,12 +95,13 @@ def _with_padding(out: torch.Tensor, length: int, prompt_len: int, eos: int | No
 
 
 def compare_tokens(expected: torch.Tensor, actual: torch.Tensor, *, model: torch.nn.Module, prompt_len: int,
-                   eos: int | None, pad: int | None, label: str) -> Comparison:
+                   eos: int | None, pad: int | None, label: str, seen: set | None = None) -> Comparison:
     """Compare `actual` with the reference `expected` under the near-tie rule; stops at the first row that differs.
 
     Both outputs must satisfy the contract (a row holds padding after its EOS, an output ends early only once
-    every row has produced EOS). A row that repeats an earlier one (the same tokens in both outputs) is compared
-    once: it is the same evidence.
+    every row has produced EOS). A row that repeats an earlier one (the same label, the same tokens in both
+    outputs) is compared once: it is the same evidence. `seen` holds the rows compared before, across calls (a
+    session's); None: this call's rows only.
     """
     expected, actual = expected.cpu(), actual.cpu()
     result = Comparison()
@@ -114,9 +115,9 @@ def compare_tokens(expected: torch.Tensor, actual: torch.Tensor, *, model: torch
     except ValueError as e:
         result.failure = str(e)
         return result
-    tau, seen = tau_for(model), set()
+    tau, seen = tau_for(model), set() if seen is None else seen
     for row in range(expected.shape[0]):
-        pair = (tuple(expected[row].tolist()), tuple(actual[row].tolist()))
+        pair = (label, tuple(expected[row].tolist()), tuple(actual[row].tolist()))
         if pair in seen:
             continue
         seen.add(pair)
