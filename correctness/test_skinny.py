@@ -51,6 +51,27 @@ def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, tr
     torch.testing.assert_close(got.sum(0), want, rtol=1e-4, atol=1e-3)
 
 
+def _tf32_rounded(t: torch.Tensor) -> torch.Tensor:
+    """t to TF32's 10 mantissa bits, to nearest, ties away from zero (cuBLAS's rounding)."""
+    return ((t.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+
+
+@pytest.mark.usefixtures("needs_triton")
+def test_past_max_rows_fp32_takes_rounded_tf32_products(device: torch.device) -> None:
+    """Past MAX_ROWS, fp32 under TF32 multiplies inputs rounded to TF32 (one product, as cuBLAS rounds them): the sums
+    of the rounded inputs' products, not of the inputs' own."""
+    torch.manual_seed(0)
+    m, k, n = skinny.MAX_ROWS + 4, 256, 96
+    x, w = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    assert skinny.fp32_precision(m) == skinny.ROUNDED and skinny.fp32_precision(m - 4) == skinny.FP32_PRECISION
+    got = skinny.skinny_partials(x, w, True).sum(0).double()
+    rounded = _tf32_rounded(x).double() @ _tf32_rounded(w).double()
+    torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-4)
+    assert (got - x.double() @ w.double()).abs().max() > 1e-3  # the rounding is not a no-op at this size
+    assert _tf32_rounded(torch.tensor([1 + 2**-11, 1 + 2**-12, -(1 + 3 * 2**-11)])).tolist() == [
+        1 + 2**-10, 1.0, -(1 + 2**-9)]  # half up, below half down, ties away from zero
+
+
 @pytest.mark.usefixtures("needs_triton")
 @pytest.mark.parametrize(("block_n", "block_k", "per_sm"), [(128, 32, 4), (32, 128, 1), (64, 64, 8)])
 def test_other_launch_configs_sum_to_matmul(device: torch.device, block_n: int, block_k: int, per_sm: int) -> None:

@@ -44,6 +44,11 @@ UNCAPPED = 1 << 30  # plan's max_splits when the slabs follow the SMs alone
 # (docs/history/2026-11-lean-step.md): cuBLAS's own kernels 9, Triton's "tf32" 67 (the GPU suite failed its near-tie
 # ration), "tf32x3" 30 (the GPU suite passed twice).
 FP32_PRECISION = "tf32x3"
+# Past MAX_ROWS (fp32 through skinny.py only as perf.lean_probe's skinny_32 variant), one TF32 product of inputs
+# rounded to nearest, as cuBLAS's TF32 kernels round them (Triton's "tf32" truncates): 11 of the 328 rows parted
+# from naive's, against cuBLAS's 9, where tf32x3 at 32 rows lost to cuBLAS (docs/history/2026-11-lean-step.md,
+# "0cf6134").
+ROUNDED = "tf32-rounded"
 
 try:
     import triton
@@ -59,10 +64,17 @@ def available(x: torch.Tensor, max_rows: int = MAX_ROWS, min_rows: int = MIN_ROW
 if triton is not None:
 
     @triton.jit
+    def _rounded(t, ROUND: tl.constexpr):
+        """fp32 t rounded to TF32's 10 mantissa bits, to nearest (ties away from zero), where ROUND."""
+        if ROUND:
+            t = ((t.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+        return t
+
+    @triton.jit
     def _partials_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn,
                          K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, WHOLE_SLAB: tl.constexpr,
-                         PDL: tl.constexpr):
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ROUND: tl.constexpr,
+                         WHOLE_SLAB: tl.constexpr, PDL: tl.constexpr):
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -88,7 +100,7 @@ if triton is not None:
                         mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
             if PDL:
                 tl.extra.cuda.gdc_launch_dependents()
-            acc = tl.dot(x, w, input_precision=PRECISION)
+            acc = tl.dot(_rounded(x, ROUND), _rounded(w, ROUND), input_precision=PRECISION)
         else:
             if PDL:  # x is the kernel before's output; the kernel after may start (it waits for us)
                 tl.extra.cuda.gdc_wait()
@@ -100,7 +112,7 @@ if triton is not None:
                             mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
                 w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
                             mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
-                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+                acc = tl.dot(_rounded(x, ROUND), _rounded(w, ROUND), acc, input_precision=PRECISION)
         tl.store(out_ptr + split * M * N + rows[:, None] * N + cols[None, :], acc,
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -138,13 +150,19 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, bloc
     programmatic dependent launch (Hopper; CUDA only, Triton's interpreter runs without). whole_slab: a program's
     slab of W read as one tile, before it waits for the kernel before (plan(whole_slab=True)'s slabs)."""
     (m, k), n = x.shape, w.shape[1]
-    precision = FP32_PRECISION if tf32 and x.dtype == torch.float32 else "ieee"
+    precision = fp32_precision(m) if tf32 and x.dtype == torch.float32 else "ieee"
     pdl = pdl and x.is_cuda
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
-        BLOCK_K=block_k, PRECISION=precision, WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps,
+        BLOCK_K=block_k, PRECISION="tf32" if precision == ROUNDED else precision, ROUND=precision == ROUNDED,
+        WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps,
         num_stages=num_stages, launch_pdl=pdl)
+
+
+def fp32_precision(m: int) -> str:
+    """How m rows of fp32 are multiplied where torch allows TF32: FP32_PRECISION up to MAX_ROWS, ROUNDED past it."""
+    return FP32_PRECISION if m <= MAX_ROWS else ROUNDED
 
 
 def slab_cap(x: torch.Tensor) -> int:
@@ -182,6 +200,6 @@ def _(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False, max_split
 
 
 def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: int = MAX_SPLITS) -> torch.Tensor:
-    """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with FP32_PRECISION exactly when
-    torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
+    """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied as fp32_precision says exactly
+    when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
     return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32, pdl, max_splits)

@@ -55,7 +55,8 @@ COMPILED = {
 
 # LeanModel's options that --ab sets, by name; "a+b" sets both.
 VARIANTS = {"fused_head": {"fused_head": True}, "unfused_head": {"fused_head": False},
-            "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
+            "skinny_16": {"skinny_max_rows": 16},
+            "skinny_32": {"skinny_max_rows": 32},  # fp32 past 16 rows in rounded TF32 (skinny.fp32_precision)
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
