@@ -47,8 +47,30 @@ def tie_ledger() -> Iterator[TieLedger]:
         pytest.fail(f"near-ties exceed the ration ({LEDGER.summary()}):\n  " + "\n  ".join(ties))
 
 
+def _ledger_lines(prefix: str = "") -> list[str]:
+    ties = (f"  {tie}" for ties in LEDGER.ties.values() for tie in ties)
+    return [f"{prefix}correctness near-ties: {LEDGER.summary()}", *ties]
+
+
+WORKER_LEDGERS: list[list[str]] = []  # under xdist, each worker's session ledger, as the controller got it
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and LEDGER.steps:  # an xdist worker: its ledger goes to the controller's summary
+        workeroutput["tie_ledger"] = _ledger_lines(f"[{session.config.workerinput['workerid']}] ")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    lines = getattr(node, "workeroutput", {}).get("tie_ledger")
+    if lines:
+        WORKER_LEDGERS.append(lines)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if LEDGER.steps:
-        terminalreporter.write_line(f"correctness near-ties: {LEDGER.summary()}")
-        for tie in (tie for ties in LEDGER.ties.values() for tie in ties):
-            terminalreporter.write_line(f"  {tie}")
+    """The session's near-ties and compared steps; under xdist, each worker's (each rations its own session)."""
+    for line in _ledger_lines() if LEDGER.steps else []:
+        terminalreporter.write_line(line)
+    for line in (line for lines in sorted(WORKER_LEDGERS) for line in lines):
+        terminalreporter.write_line(line)

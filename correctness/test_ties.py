@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,15 @@ def test_float32_near_ties_are_rare_on_cpu() -> None:
         top2 = exact.topk(2, dim=-1).values
         close = float(((top2[..., 0] - top2[..., 1]) <= tau).double().mean())
         assert close < 0.005, f"{family}: {close:.2%} of positions have a top-2 gap within tau={tau:.3g}"
+
+
+def test_each_xdist_workers_ledger_reaches_the_summary() -> None:
+    """Under xdist each worker rations its own session; the controller prints every worker's ledger, which the
+    controller's own (empty) one would not show."""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "each",
+                          "correctness/test_equivalence.py", "-k", "kv_dynamic"], cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:]
+    workers = [line for line in run.stdout.splitlines() if "] correctness near-ties: float32:" in line]
+    assert len(workers) == 2 and all(line.startswith("[gw") for line in workers), run.stdout[-2000:]
