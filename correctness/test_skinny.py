@@ -44,10 +44,10 @@ def test_partials_sum_to_matmul(device: torch.device, m: int, k: int, n: int, tr
     x = torch.randn(m, k, device=device)
     w = torch.randn(n, k, device=device).t() if transposed else torch.randn(k, n, device=device)
     want = (x.double() @ w.double()).float()  # ieee fp32 below: comparable with a float64 product
-    torch.testing.assert_close(skinny.skinny_partials(x, w, False).sum(0), want, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(skinny.skinny_partials(x, w, "ieee").sum(0), want, rtol=1e-4, atol=1e-3)
     block_n, splits, per_split = skinny.plan(m, n, k, skinny.sm_count(device), whole_slab=whole_slab)
     got = torch.empty(splits, m, n, device=device)
-    skinny.launch(x, w, got, False, block_n, per_split, pdl=hopper(device), whole_slab=whole_slab)
+    skinny.launch(x, w, got, "ieee", block_n, per_split, pdl=hopper(device), whole_slab=whole_slab)
     torch.testing.assert_close(got.sum(0), want, rtol=1e-4, atol=1e-3)
 
 
@@ -57,14 +57,14 @@ def _tf32_rounded(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.usefixtures("needs_triton")
-def test_past_max_rows_fp32_takes_rounded_tf32_products(device: torch.device) -> None:
-    """Past MAX_ROWS, fp32 under TF32 multiplies inputs rounded to TF32 (one product, as cuBLAS rounds them): the sums
-    of the rounded inputs' products, not of the inputs' own."""
+def test_fp32_takes_rounded_tf32_products(device: torch.device) -> None:
+    """fp32 under TF32 multiplies inputs rounded to TF32 (one product, as cuBLAS rounds them): the sums of the rounded
+    inputs' products, not of the inputs' own."""
     torch.manual_seed(0)
-    m, k, n = skinny.MAX_ROWS + 4, 256, 96
+    m, k, n = 20, 256, 96
     x, w = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-    assert skinny.fp32_precision(m) == skinny.ROUNDED and skinny.fp32_precision(m - 4) == skinny.FP32_PRECISION
-    got = skinny.skinny_partials(x, w, True).sum(0).double()
+    assert skinny.FP32_PRECISION == skinny.ROUNDED
+    got = skinny.skinny_partials(x, w, skinny.ROUNDED).sum(0).double()
     rounded = _tf32_rounded(x).double() @ _tf32_rounded(w).double()
     torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-4)
     assert (got - x.double() @ w.double()).abs().max() > 1e-3  # the rounding is not a no-op at this size
@@ -83,5 +83,5 @@ def test_other_launch_configs_sum_to_matmul(device: torch.device, block_n: int, 
     block_n, splits, per_split = skinny.plan(m, n, k, 16, block_n=block_n, block_k=block_k, per_sm=per_sm)
     assert (splits - 1) * per_split < k <= splits * per_split
     out = torch.empty(splits, m, n, device=device)
-    skinny.launch(x, w, out, False, block_n, per_split, block_k=block_k, num_stages=4)
+    skinny.launch(x, w, out, "ieee", block_n, per_split, block_k=block_k, num_stages=4)
     torch.testing.assert_close(out.sum(0), (x.double() @ w.double()).float(), rtol=1e-4, atol=1e-3)

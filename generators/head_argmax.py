@@ -6,7 +6,7 @@ perf/RESULTS.md "Kernels per step"). Here each program reads one [BLOCK_N, K] bl
 by it, and keeps only each row's largest logit in the block and its index; a tiny reduction over the blocks picks
 the first block holding the row's maximum, so ties go to the lowest index, as torch.argmax breaks them.
 
-Exactness: fp32 inputs are multiplied as skinny.py does ("tf32x3" where torch allows TF32, else full fp32);
+Exactness: fp32 inputs are multiplied as skinny.py does (rounded TF32 where torch allows TF32, else full fp32);
 bf16 logits are rounded to bf16 before the pick, as the logits tensor would hold them (fp16 models: not here). A
 different summation order than cuBLAS's can only part tokens at near-ties (correctness/ties.py rules on those).
 
@@ -34,11 +34,13 @@ def available(h: torch.Tensor) -> bool:
 
 
 if triton is not None:
+    from .skinny import _rounded  # fp32 rounded to TF32, as skinny.py multiplies it
 
     @triton.jit
     def _block_argmax_kernel(h_ptr, w_ptr, max_ptr, idx_ptr, M, N, stride_hm, stride_wn, BLOCKS,
                              K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr, PDL: tl.constexpr):
+                             PRECISION: tl.constexpr, ROUND: tl.constexpr, ROUND_BF16: tl.constexpr,
+                             PDL: tl.constexpr):
         if PDL:  # h is the kernel before's output; the kernel after may start (it waits for us)
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
@@ -54,7 +56,7 @@ if triton is not None:
                         other=0.0).to(tl.float32)
             w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=(cols[:, None] < N) & (ks[None, :] < K),
                         other=0.0).to(tl.float32)
-            acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+            acc = tl.dot(_rounded(h, ROUND), tl.trans(_rounded(w, ROUND)), acc, input_precision=PRECISION)
         if ROUND_BF16:  # the logits a bf16 model's lm_head would hold: fp32 to bf16, to nearest, ties to even, in
             # integer bit operations (Triton's interpreter does not round a cast to bf16 as the GPU does)
             bits = acc.to(tl.int32, bitcast=True)
@@ -86,7 +88,8 @@ def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool =
     # bound, and a model has one
     _block_argmax_kernel[(blocks,)](h, w, best, first, m, n, h.stride(0), w.stride(0), blocks, K=k,
                                     BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                    PRECISION=precision, ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl,
+                                    PRECISION="tf32" if precision == skinny.ROUNDED else precision,
+                                    ROUND=precision == skinny.ROUNDED, ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl,
                                     num_warps=4, num_stages=3, launch_pdl=pdl)
     return best, first
 

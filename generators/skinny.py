@@ -1,11 +1,10 @@
-"""A matmul for decoding's skinny shapes: x [M, K] @ W [K, N] with M the batch (1..16), N and K the layer's.
+"""A matmul for decoding's skinny shapes: x [M, K] @ W [K, N] with M the batch (1..32), N and K the layer's.
 
 Why: at a few rows an H200's cuBLAS picks TF32 split-K kernels that move GPT-2 small's layer weights at a fraction
 of copy bandwidth (~0.85 TB/s measured at M = 32, docs/history/2026-11-lean-step.md): a decode step is four small
-GEMMs per layer, each too short to fill the card. With the fp32-faithful tf32x3 products it ships with, this kernel
-clearly beats cuBLAS at 2-16 rows, so that is where the lean step uses it in fp32 (``MIN_ROWS, MAX_ROWS``); bf16
-pays no tf32x3, and the lean step takes it to 32 rows there (lean.py). One row (cuBLAS's GEMV) multiplies on the
-CUDA cores in fp32, in either dtype.
+GEMMs per layer, each too short to fill the card. This kernel beats cuBLAS at 1-32 rows (``MIN_ROWS, MAX_ROWS``),
+fp32 in rounded TF32 products (FP32_PRECISION), as cuBLAS's TF32 kernels multiply; one row multiplies on the CUDA
+cores in fp32, in either dtype.
 Here every program reads one [K / S, BLOCK_N] slab of W once (coalesced along N, W's contiguous axis in GPT-2's
 Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp32 partial sum; S slabs per column
 block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
@@ -14,8 +13,8 @@ that consumes the result, so a layer GEMM is one Triton kernel and no extra redu
 to 8 slabs; ``slab_cap`` says where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
 shape keeps the summation order, hence the result, deterministic (no atomics).
 Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
-kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32's
-tf32x3 keeps its K loop, ``whole_slab``).
+kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32
+keeps its K loop, ``whole_slab``).
 
 CUDA only; ``available()`` says whether it is used here (triton importable, a CUDA tensor, MIN_ROWS..max_rows
 rows).
@@ -30,25 +29,22 @@ import torch
 # Rows (batch x tokens) for which a projection goes through this kernel; outside, through the module (cuBLAS).
 # Measured on an H200, 96 lean steps in one process, this kernel / cuBLAS (docs/history/2026-11-lean-step.md): with
 # "tf32x3" M=4 59.0 / 74.2 ms, M=16 62.1 / 71.6, M=32 79.5 / 80.7; with plain TF32 M=64 lost (96.6 / 86.2: the
-# S x M x N partial sums grow to half the weight's bytes). M=1 runs on the CUDA cores (BLOCK_M == 1): 27.7 / 39.0 ms
-# in bf16, 41.6 / 44.1 in fp32 (ef10c87, lean_graph with PDL where it then paid).
-MIN_ROWS, MAX_ROWS = 1, 16
+# S x M x N partial sums grow to half the weight's bytes); with rounded TF32 M=32 50.1 / 59.3 (72e391d). M=1 runs on
+# the CUDA cores (BLOCK_M == 1): 27.7 / 39.0 ms in bf16, 41.6 / 44.1 in fp32 (ef10c87, lean_graph with PDL).
+MIN_ROWS, MAX_ROWS = 1, 32
 BLOCK_K = 64
 # The most slabs a GEMM splits K into: inductor adds up to 8 partial sums inside the kernel that consumes them
 # (torch._inductor.config.unroll_reductions_threshold); more became a reduce kernel of its own, 12 a step (one per
 # layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b).
 MAX_SPLITS = 8
 UNCAPPED = 1 << 30  # plan's max_splits when the slabs follow the SMs alone
-# How fp32 inputs are multiplied when torch allows TF32 matmuls: three TF32 products, fp32-accurate. Rows of the
-# correctness suite's tiny models whose greedy tokens part from naive's (cuBLAS, TF32), of 328, on an H200
-# (docs/history/2026-11-lean-step.md): cuBLAS's own kernels 9, Triton's "tf32" 67 (the GPU suite failed its near-tie
-# ration), "tf32x3" 30 (the GPU suite passed twice).
-FP32_PRECISION = "tf32x3"
-# Past MAX_ROWS (fp32 through skinny.py only as perf.lean_probe's skinny_32 variant), one TF32 product of inputs
-# rounded to nearest, as cuBLAS's TF32 kernels round them (Triton's "tf32" truncates): 11 of the 328 rows parted
-# from naive's, against cuBLAS's 9, where tf32x3 at 32 rows lost to cuBLAS (docs/history/2026-11-lean-step.md,
-# "0cf6134").
+# How fp32 inputs are multiplied when torch allows TF32 matmuls: one TF32 product of inputs rounded to nearest, as
+# cuBLAS's TF32 kernels round them (Triton's "tf32" truncates). Rows of the correctness suite's tiny models whose
+# greedy tokens part from naive's (cuBLAS, TF32), of 328, on an H200 (docs/history/2026-11-lean-step.md): cuBLAS's own
+# kernels 9, rounded TF32 11, Triton's "tf32" 67 (the GPU suite failed its near-tie ration), "tf32x3" 30 (three
+# TF32 products, fp32-accurate, the precision until 2026-12-01: further from naive's TF32, and 3x the products).
 ROUNDED = "tf32-rounded"
+FP32_PRECISION = ROUNDED
 
 try:
     import triton
@@ -143,14 +139,15 @@ def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_
     return block_n, -(-tiles // per_split), per_split * block_k
 
 
-def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, block_n: int, per_split: int, *,
+def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block_n: int, per_split: int, *,
            block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3, pdl: bool = False,
            whole_slab: bool = False) -> None:
-    """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each. pdl: launched as a
+    """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each, fp32 inputs multiplied
+    with `fp32` ("ieee", "tf32x3" or ROUNDED). pdl: launched as a
     programmatic dependent launch (Hopper; CUDA only, Triton's interpreter runs without). whole_slab: a program's
     slab of W read as one tile, before it waits for the kernel before (plan(whole_slab=True)'s slabs)."""
     (m, k), n = x.shape, w.shape[1]
-    precision = fp32_precision(m) if tf32 and x.dtype == torch.float32 else "ieee"
+    precision = fp32 if x.dtype == torch.float32 else "ieee"
     pdl = pdl and x.is_cuda
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
@@ -160,46 +157,42 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tf32: bool, bloc
         num_stages=num_stages, launch_pdl=pdl)
 
 
-def fp32_precision(m: int) -> str:
-    """How m rows of fp32 are multiplied where torch allows TF32: FP32_PRECISION up to MAX_ROWS, ROUNDED past it."""
-    return FP32_PRECISION if m <= MAX_ROWS else ROUNDED
-
-
 def slab_cap(x: torch.Tensor) -> int:
-    """The most slabs of K for x's GEMM: MAX_SPLITS at one row and in 16-bit; fp32 at 2-16 rows (tf32x3) takes the
-    slabs the SMs ask for, where fewer, longer programs cost more than the MLP's reduce kernel. perf.lean_probe --ab
-    many_slabs on an H200, a call capped / uncapped (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%,
-    b=16 +1.4%."""
+    """The most slabs of K for x's GEMM: MAX_SPLITS at one row and in 16-bit; fp32 at 2+ rows takes the slabs the
+    SMs ask for, where fewer, longer programs cost more than the MLP's reduce kernel. perf.lean_probe --ab many_slabs
+    on an H200, a call capped / uncapped (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%, b=16 +1.4%
+    (with tf32x3 products, then fp32's precision)."""
     return MAX_SPLITS if x.shape[0] == 1 or x.element_size() == 2 else UNCAPPED
 
 
 def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
-    """Under PDL, 16-bit inputs load their slab as one tile; fp32's (tf32x3, ieee) keeps the loop: as one tile at 32
-    rows it ran 5x slower on an H200 (lean_graph at b=32, 67.5 -> 357 ms a call, perf/RESULTS.md). One row always
-    takes the one tile (plan)."""
+    """Under PDL, 16-bit inputs load their slab as one tile; fp32 keeps the loop: as one tile at 32 rows in tf32x3
+    it ran 5x slower on an H200 (lean_graph at b=32, 67.5 -> 357 ms a call, perf/RESULTS.md; rounded TF32 as one
+    tile not measured). One row always takes the one tile (plan)."""
     return pdl and x.element_size() == 2
 
 
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
-def skinny_partials(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False, max_splits: int = MAX_SPLITS
+def skinny_partials(x: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False, max_splits: int = MAX_SPLITS
                     ) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S <= max_splits slabs of K (see the module docstring)."""
     (m, k), n = x.shape, w.shape[1]
     slab = whole_slab(x, pdl)
     block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=slab, max_splits=max_splits)
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-    launch(x, w, out, tf32, block_n, per_split, pdl=pdl, whole_slab=slab)
+    launch(x, w, out, fp32, block_n, per_split, pdl=pdl, whole_slab=slab)
     return out
 
 
 @skinny_partials.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False, max_splits: int = MAX_SPLITS) -> torch.Tensor:
+def _(x: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False, max_splits: int = MAX_SPLITS) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[1]
     _, splits, _ = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl), max_splits=max_splits)
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 
-def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: int = MAX_SPLITS) -> torch.Tensor:
-    """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied as fp32_precision says exactly
-    when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
-    return skinny_partials(x, w, torch.backends.cuda.matmul.allow_tf32, pdl, max_splits)
+def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: int = MAX_SPLITS,
+             fp32: str = FP32_PRECISION) -> torch.Tensor:
+    """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with `fp32` (FP32_PRECISION, or
+    another of tl.dot's input precisions) exactly when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
+    return skinny_partials(x, w, fp32 if torch.backends.cuda.matmul.allow_tf32 else "ieee", pdl, max_splits)

@@ -55,8 +55,8 @@ COMPILED = {
 
 # LeanModel's options that --ab sets, by name; "a+b" sets both.
 VARIANTS = {"fused_head": {"fused_head": True}, "unfused_head": {"fused_head": False},
-            "skinny_16": {"skinny_max_rows": 16},
-            "skinny_32": {"skinny_max_rows": 32},  # fp32 past 16 rows in rounded TF32 (skinny.fp32_precision)
+            "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
+            "tf32x3": {"skinny_fp32": "tf32x3", "skinny_max_rows": 16},  # fp32 as until 2026-12-01
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
@@ -147,8 +147,8 @@ def _skinny_config_us(x: torch.Tensor, mods: list, block_n: int | None, block_k:
     sms = skinny.sm_count(x.device)  # 4 in Triton's interpreter
     bn, splits, per_split = skinny.plan(m, n, k, sms, block_n=block_n, block_k=block_k, per_sm=per_sm)
     bufs = [torch.empty(splits, m, n, device=x.device) for _ in mods]
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    us = _graph_us([lambda w=mod.weight, b=b: skinny.launch(x, w, b, tf32, bn, per_split, block_k=block_k,
+    fp32 = skinny.FP32_PRECISION if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    us = _graph_us([lambda w=mod.weight, b=b: skinny.launch(x, w, b, fp32, bn, per_split, block_k=block_k,
                                                             num_stages=stages)
                     for mod, b in zip(mods, bufs, strict=True)])
     return {"us": round(us, 2), "block_n": bn, "block_k": block_k, "per_sm": per_sm, "stages": stages,
