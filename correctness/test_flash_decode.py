@@ -116,7 +116,7 @@ def test_llama_family_step_through_the_kernels(device: torch.device, family: str
         matmul_on = lambda x, max_rows=skinny.MAX_ROWS, min_rows=skinny.MIN_ROWS: (  # noqa: E731
             min_rows <= x.shape[0] <= max_rows)
     model = build(family, device=device)  # (sets TF32 on for fp32 matmuls)
-    # Full fp32 on a GPU too: cuBLAS's TF32 and skinny.py's tf32x3 would part by more than the summation order.
+    # Full fp32 on a GPU too: cuBLAS's TF32 and skinny.py's rounded TF32 would part by more than the summation order.
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (rows, 3), device=device)  # 1 row: skinny.py's BLOCK_M == 1

@@ -26,7 +26,7 @@ def test_plan_covers_k_once(m: int, k: int, n: int, sms: int, whole_slab: bool) 
 @pytest.mark.parametrize(("m", "dtype", "cap"), [(1, torch.float32, 8), (1, torch.bfloat16, 8),
                                                  (32, torch.bfloat16, 8), (4, torch.float32, skinny.UNCAPPED)])
 def test_slab_cap_by_rows_and_dtype(m: int, dtype: torch.dtype, cap: int) -> None:
-    """Capped where the A/B measured it faster; fp32's tf32x3 at 2+ rows takes the slabs the SMs ask for."""
+    """Capped where the A/B measured it faster; fp32 at 2+ rows takes the slabs the SMs ask for."""
     assert skinny.slab_cap(torch.empty(m, 8, dtype=dtype)) == cap
     _, splits, _ = skinny.plan(m, 768, 3072, 132, max_splits=cap)  # GPT-2's MLP c_proj on an H200
     assert (splits <= 8) == (cap == 8)

@@ -50,6 +50,8 @@ class Ration:
 # counts took every tie and step twice (once per oracle; test_equivalence now compares agreeing oracles once), so the
 # rates stand but a single near-tie counted as two: with ~900 distinct fp32 steps in a run (allowed: 1), one tie of
 # lean_eager at gap 0.0024 failed the session on an H200. Plain TF32's 204 over 39,597 still fails by 3x.
+# Since cd89ccf skinny.py multiplies fp32 in rounded TF32, as cuBLAS does, and the lean rows tied 0 fp32 rows over
+# 2,592 compared steps on an H200 (2026-12-01), where tf32x3 had tied 6 over 1,478 and 2 in one example (0335d59).
 # bfloat16: here rounding flips argmaxes for real: on CPU, 0.8-2.5% of positions pick another token in bf16
 # than in float64 or than the other path, so about half of all 48-token rows part once. No cap per example;
 # a rate of 5% of compared steps (2x the worst measured flip rate). A wrong variant diverges within a few steps of every
