@@ -143,9 +143,9 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block
            block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3, pdl: bool = False,
            whole_slab: bool = False) -> None:
     """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each, fp32 inputs multiplied
-    with `fp32` ("ieee", "tf32x3" or ROUNDED). pdl: launched as a
-    programmatic dependent launch (Hopper; CUDA only, Triton's interpreter runs without). whole_slab: a program's
-    slab of W read as one tile, before it waits for the kernel before (plan(whole_slab=True)'s slabs)."""
+    with `fp32` ("ieee", "tf32x3" or ROUNDED). pdl: launched as a programmatic dependent launch (Hopper; CUDA only,
+    Triton's interpreter runs without). whole_slab: a program's slab of W read as one tile, before it waits for the
+    kernel before (plan(whole_slab=True)'s slabs)."""
     (m, k), n = x.shape, w.shape[1]
     precision = fp32 if x.dtype == torch.float32 else "ieee"
     pdl = pdl and x.is_cuda
@@ -153,8 +153,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
         BLOCK_K=block_k, PRECISION="tf32" if precision == ROUNDED else precision, ROUND=precision == ROUNDED,
-        WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps,
-        num_stages=num_stages, launch_pdl=pdl)
+        WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl)
 
 
 def slab_cap(x: torch.Tensor) -> int:
