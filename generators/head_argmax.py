@@ -88,8 +88,7 @@ def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool =
     # bound, and a model has one
     _block_argmax_kernel[(blocks,)](h, w, best, first, m, n, h.stride(0), w.stride(0), blocks, K=k,
                                     BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                    PRECISION="tf32" if precision == skinny.ROUNDED else precision,
-                                    ROUND=precision == skinny.ROUNDED, ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl,
+                                    **skinny.dot_args(precision), ROUND_BF16=h.dtype == torch.bfloat16, PDL=pdl,
                                     num_warps=4, num_stages=3, launch_pdl=pdl)
     return best, first
 

@@ -57,6 +57,16 @@ def available(x: torch.Tensor, max_rows: int = MAX_ROWS, min_rows: int = MIN_ROW
     return triton is not None and x.is_cuda and min_rows <= x.shape[0] <= max_rows
 
 
+def matmul_precision(fp32: str = FP32_PRECISION) -> str:
+    """How fp32 inputs are multiplied here: `fp32` where torch's own fp32 matmuls use TF32, else in full fp32."""
+    return fp32 if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def dot_args(precision: str) -> dict[str, object]:
+    """A kernel's PRECISION and ROUND for `precision`: ROUNDED is Triton's "tf32" of inputs rounded first."""
+    return {"PRECISION": "tf32" if precision == ROUNDED else precision, "ROUND": precision == ROUNDED}
+
+
 if triton is not None:
 
     @triton.jit
@@ -152,8 +162,8 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block
     _partials_kernel[(triton.cdiv(n, block_n), out.shape[0])](
         x, w, out, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
-        BLOCK_K=block_k, PRECISION="tf32" if precision == ROUNDED else precision, ROUND=precision == ROUNDED,
-        WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl)
+        BLOCK_K=block_k, **dot_args(precision), WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps,
+        num_stages=num_stages, launch_pdl=pdl)
 
 
 def slab_cap(x: torch.Tensor) -> int:
@@ -194,4 +204,4 @@ def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: in
              fp32: str = FP32_PRECISION) -> torch.Tensor:
     """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with `fp32` (FP32_PRECISION, or
     another of tl.dot's input precisions) exactly when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee")."""
-    return skinny_partials(x, w, fp32 if torch.backends.cuda.matmul.allow_tf32 else "ieee", pdl, max_splits)
+    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits)

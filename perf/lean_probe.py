@@ -148,7 +148,7 @@ def _skinny_config_us(x: torch.Tensor, mods: list, block_n: int | None, block_k:
     sms = skinny.sm_count(x.device)  # 4 in Triton's interpreter
     bn, splits, per_split = skinny.plan(m, n, k, sms, block_n=block_n, block_k=block_k, per_sm=per_sm)
     bufs = [torch.empty(splits, m, n, device=x.device) for _ in mods]
-    fp32 = skinny.FP32_PRECISION if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    fp32 = skinny.matmul_precision()
     us = _graph_us([lambda w=mod.weight, b=b: skinny.launch(x, w, b, fp32, bn, per_split, block_k=block_k,
                                                             num_stages=stages)
                     for mod, b in zip(mods, bufs, strict=True)])
