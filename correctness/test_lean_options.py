@@ -1,22 +1,23 @@
-"""LeanModel's options that follow the weights' dtype (the kernels they pick are tested in test_head_argmax.py and
-test_skinny.py; their tokens by the equivalence suite on the GPU)."""
+"""LeanModel's options and their defaults (the kernels they pick are tested in test_head_argmax.py and test_skinny.py;
+their tokens by the equivalence suite on the GPU)."""
 
 import pytest
 import torch
 
+from generators import skinny
 from generators.lean import LeanModel, hopper
 from generators.models import build
 
 
-@pytest.mark.parametrize(("dtype", "fused", "max_rows"), [("bfloat16", True, 32), ("float32", False, 32)])
-def test_fused_head_and_skinny_rows_default_by_dtype(dtype: str, fused: bool, max_rows: int) -> None:
-    """fused_head is on in bf16 only, where the step's A/B measured it faster; skinny.py takes 32 rows in both; an
-    option given wins."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_fused_head_skinny_rows_and_slabs_by_default(dtype: str) -> None:
+    """In both dtypes, where the step's A/B measured each faster: fused_head on, skinny.py to 32 rows, at most
+    skinny.MAX_SPLITS slabs; an option given wins."""
     model = build("tiny-gpt2", dtype=dtype)
     lean = LeanModel(model)
-    assert (lean.fused_head, lean.skinny_max_rows) == (fused, max_rows)
-    lean = LeanModel(model, fused_head=not fused, skinny_max_rows=8)
-    assert (lean.fused_head, lean.skinny_max_rows) == (not fused, 8)
+    assert (lean.fused_head, lean.skinny_max_rows, lean.skinny_max_splits) == (True, 32, skinny.MAX_SPLITS)
+    lean = LeanModel(model, fused_head=False, skinny_max_rows=8, skinny_max_splits=skinny.UNCAPPED)
+    assert (lean.fused_head, lean.skinny_max_rows, lean.skinny_max_splits) == (False, 8, skinny.UNCAPPED)
 
 
 def test_pdl_needs_hopper() -> None:

@@ -16,7 +16,8 @@ kernels and one CUDA graph replays it:
 - norms and activations are the model's own modules, called as they are; projections read the model's own
   weights (no copies), through skinny.py's matmul on CUDA when a step has 1-32 rows (cuBLAS's
   split-K kernels read those weights at a fifth of copy bandwidth there), through the module itself otherwise;
-- in bf16, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the logits;
+- on CUDA at 1-32 rows, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the
+  logits;
 - on Hopper, the kernels launch as programmatic dependents (pdl), so a projection reads its weights while the kernel
   before it still runs (skinny.py).
 
@@ -63,24 +64,22 @@ class LeanModel(nn.Module):
     """Wraps a GPT2LMHeadModel or a Llama-family *ForCausalLM (SUPPORTED);
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
-    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool | None = None,
+    def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = True,
                  skinny_max_rows: int | None = None, skinny_min_rows: int = skinny.MIN_ROWS,
-                 skinny_max_splits: int | None = None, skinny_fp32: str = skinny.FP32_PRECISION, pdl: bool = False
-                 ) -> None:
+                 skinny_max_splits: int = skinny.MAX_SPLITS, skinny_fp32: str = skinny.FP32_PRECISION,
+                 pdl: bool = False) -> None:
         super().__init__()
-        # None: by the weights' dtype, as the step's A/B measured it on an H200 (perf.lean_probe --ab,
-        # docs/history/2026-11-lean-step.md, "050be22"): in bf16 on, 96 steps at b=32 53.8 -> 40.9 ms (with skinny.py
-        # to 32 rows); in fp32 it lost (62.8 -> 68.6 ms at b=32, with tf32x3 products).
-        bf16 = model.lm_head.weight.dtype == torch.bfloat16
         # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
-        # (head_argmax.py), never writing the logits.
-        self.fused_head = bf16 if fused_head is None else fused_head
+        # (head_argmax.py), never writing the logits. perf.lean_probe --ab on an H200, a call with / without: bf16
+        # b=32 49.5 / 59.3 ms (050be22); fp32 in rounded TF32 b=1 33.7 / 35.0, b=32 54.4 / 57.5 (1783f31; with
+        # tf32x3's three products it lost, 74.3 / 68.1).
+        self.fused_head = fused_head
         # skinny_max_rows: the most rows a projection sends through skinny.py; skinny_fp32, how it multiplies fp32
         # under TF32 (rounded TF32; "tf32x3", fp32-accurate, was the precision until 2026-12-01, to 16 rows).
         self.skinny_max_rows = skinny.MAX_ROWS if skinny_max_rows is None else skinny_max_rows
         self.skinny_fp32 = skinny_fp32
         self.skinny_min_rows = skinny_min_rows  # 2: one row through the module (cuBLAS's GEMV), as before ef10c87
-        self.skinny_max_splits = skinny_max_splits  # the most slabs of K a GEMM; None: skinny.slab_cap's
+        self.skinny_max_splits = skinny_max_splits  # the most slabs of K a GEMM (skinny.MAX_SPLITS says why 8)
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested
@@ -213,9 +212,8 @@ class LeanModel(nn.Module):
         if not skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
-        cap = skinny.slab_cap(rows) if self.skinny_max_splits is None else self.skinny_max_splits
-        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl, cap,
-                               self.skinny_fp32)
+        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl,
+                               self.skinny_max_splits, self.skinny_fp32)
 
     def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""

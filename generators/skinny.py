@@ -10,7 +10,7 @@ Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp3
 block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
 ``_project`` with a plain ``.sum(0)``, which inductor fuses (with the bias, activation, residual) into the kernel
 that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel (inductor does so for up
-to 8 slabs; ``slab_cap`` says where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
+to 8 slabs, MAX_SPLITS, where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
 shape keeps the summation order, hence the result, deterministic (no atomics).
 Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
 kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32
@@ -35,7 +35,9 @@ MIN_ROWS, MAX_ROWS = 1, 32
 BLOCK_K = 64
 # The most slabs a GEMM splits K into: inductor adds up to 8 partial sums inside the kernel that consumes them
 # (torch._inductor.config.unroll_reductions_threshold); more became a reduce kernel of its own, 12 a step (one per
-# layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b).
+# layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b). A call
+# capped / uncapped on an H200 (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%, b=16 -1.8%, b=32 -1.2%
+# (in rounded TF32, 1783f31; with tf32x3's three products fp32 at b=16 was +1.4%).
 MAX_SPLITS = 8
 UNCAPPED = 1 << 30  # plan's max_splits when the slabs follow the SMs alone
 # How fp32 inputs are multiplied when torch allows TF32 matmuls: one TF32 product of inputs rounded to nearest, as
@@ -164,14 +166,6 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block
         K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
         BLOCK_K=block_k, **dot_args(precision), WHOLE_SLAB=whole_slab, PDL=pdl, num_warps=num_warps,
         num_stages=num_stages, launch_pdl=pdl)
-
-
-def slab_cap(x: torch.Tensor) -> int:
-    """The most slabs of K for x's GEMM: MAX_SPLITS at one row and in 16-bit; fp32 at 2+ rows takes the slabs the
-    SMs ask for, where fewer, longer programs cost more than the MLP's reduce kernel. perf.lean_probe --ab many_slabs
-    on an H200, a call capped / uncapped (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%, b=16 +1.4%
-    (with tf32x3 products, then fp32's precision)."""
-    return MAX_SPLITS if x.shape[0] == 1 or x.element_size() == 2 else UNCAPPED
 
 
 def whole_slab(x: torch.Tensor, pdl: bool) -> bool:

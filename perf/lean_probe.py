@@ -54,14 +54,13 @@ COMPILED = {
 
 
 # LeanModel's options that --ab sets, by name; "a+b" sets both.
-VARIANTS = {"fused_head": {"fused_head": True}, "unfused_head": {"fused_head": False},
+VARIANTS = {"unfused_head": {"fused_head": False},  # cuBLAS's LM head, then argmax over the logits
             "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
             "tf32x3": {"skinny_fp32": "tf32x3", "skinny_max_rows": 16},  # fp32 as until 2026-12-01
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
-            "many_slabs": {"skinny_max_splits": skinny.UNCAPPED},  # skinny.plan's slabs uncapped, as before 8
-            "capped_slabs": {"skinny_max_splits": skinny.MAX_SPLITS}}  # at most 8 in fp32 at 2+ rows too
+            "many_slabs": {"skinny_max_splits": skinny.UNCAPPED}}  # skinny.plan's slabs uncapped, as before 8
 
 
 def variant_cache(name: str) -> type[caches.LeanKV]:

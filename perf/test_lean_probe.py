@@ -51,4 +51,4 @@ def test_ab_variants_set_their_options_and_keep_naive_tokens(name: str, family: 
 
 def test_a_misspelt_variant_is_named() -> None:
     with pytest.raises(ValueError, match="'skinny_64' is not one of"):
-        variant_cache("fused_head+skinny_64")
+        variant_cache("unfused_head+skinny_64")
