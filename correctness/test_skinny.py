@@ -23,6 +23,14 @@ def test_plan_covers_k_once(m: int, k: int, n: int, sms: int, whole_slab: bool) 
     assert not (whole_slab or m == 1) or tiles & (tiles - 1) == 0  # one tile: tl.arange wants a power of two
 
 
+def test_the_cap_is_below_inductors_unroll_threshold() -> None:
+    """inductor sums fewer than unroll_reductions_threshold slabs inside their consumer; at 8 it launched a reduce
+    kernel per layer (fp32 b=32 on an H200, f1c7b9f)."""
+    from torch._inductor import config  # noqa: PLC0415
+
+    assert skinny.MAX_SPLITS < config.unroll_reductions_threshold
+
+
 @pytest.mark.parametrize("m", [1, 4, 32])
 def test_mlp_c_proj_is_capped_where_the_sms_ask_for_more(m: int) -> None:
     """GPT-2's MLP c_proj on an H200 (K = 3072, 132 SMs): uncapped, more slabs than inductor sums in the consumer;

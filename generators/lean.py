@@ -79,7 +79,7 @@ class LeanModel(nn.Module):
         self.skinny_max_rows = skinny.MAX_ROWS if skinny_max_rows is None else skinny_max_rows
         self.skinny_fp32 = skinny_fp32
         self.skinny_min_rows = skinny_min_rows  # 2: one row through the module (cuBLAS's GEMV), as before ef10c87
-        self.skinny_max_splits = skinny_max_splits  # the most slabs of K a GEMM (skinny.MAX_SPLITS says why 8)
+        self.skinny_max_splits = skinny_max_splits  # the most slabs of K a GEMM (skinny.MAX_SPLITS says why 7)
         # fused_qkv (GPT-2, CUDA): a step's attention reads c_attn's output or partial sums and writes K/V itself
         # (flash_decode.decode_attention_qkv), 3 fewer kernels per layer: 4-7% off a step on an H200
         # (docs/history/2026-11-lean-step.md, "ba0a269, 17f90c1, c8ce0d8"). False: the unfused step it is tested

@@ -10,7 +10,7 @@ Conv1D layout), multiplies it by all M rows with tensor cores, and writes an fp3
 block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums the S partials: lean.py's
 ``_project`` with a plain ``.sum(0)``, which inductor fuses (with the bias, activation, residual) into the kernel
 that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel (inductor does so for up
-to 8 slabs, MAX_SPLITS, where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
+to 7 slabs, MAX_SPLITS, where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
 shape keeps the summation order, hence the result, deterministic (no atomics).
 Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
 kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32
@@ -33,12 +33,13 @@ import torch
 # the CUDA cores (BLOCK_M == 1): 27.7 / 39.0 ms in bf16, 41.6 / 44.1 in fp32 (ef10c87, lean_graph with PDL).
 MIN_ROWS, MAX_ROWS = 1, 32
 BLOCK_K = 64
-# The most slabs a GEMM splits K into: inductor adds up to 8 partial sums inside the kernel that consumes them
-# (torch._inductor.config.unroll_reductions_threshold); more became a reduce kernel of its own, 12 a step (one per
-# layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b). A call
-# capped / uncapped on an H200 (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%, b=16 -1.8%, b=32 -1.2%
-# (in rounded TF32, 1783f31; with tf32x3's three products fp32 at b=16 was +1.4%).
-MAX_SPLITS = 8
+# The most slabs a GEMM splits K into: inductor adds fewer than 8 partial sums inside the kernel that consumes them
+# (torch._inductor.config.unroll_reductions_threshold, a strict bound); more became a reduce kernel of its own, 12 a
+# step (one per layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b).
+# A call capped at 8 / uncapped on an H200 (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%, b=16 -1.8%,
+# b=32 -1.2% (rounded TF32, 1783f31; with tf32x3's three products fp32 at b=16 was +1.4%). There 8 slabs still took
+# the reduce kernels at fp32 b=32, where the K loop's slabs need not be a power of two: 7 since f1c7b9f.
+MAX_SPLITS = 7
 UNCAPPED = 1 << 30  # plan's max_splits when the slabs follow the SMs alone
 # How fp32 inputs are multiplied when torch allows TF32 matmuls: one TF32 product of inputs rounded to nearest, as
 # cuBLAS's TF32 kernels round them (Triton's "tf32" truncates). Rows of the correctness suite's tiny models whose

@@ -60,7 +60,8 @@ VARIANTS = {"unfused_head": {"fused_head": False},  # cuBLAS's LM head, then arg
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
-            "many_slabs": {"skinny_max_splits": skinny.UNCAPPED}}  # skinny.plan's slabs uncapped, as before 8
+            "many_slabs": {"skinny_max_splits": skinny.UNCAPPED},  # skinny.plan's slabs uncapped, as before f9a6d5b
+            "eight_slabs": {"skinny_max_splits": 8}}  # the cap as f9a6d5b..f1c7b9f had it
 
 
 def variant_cache(name: str) -> type[caches.LeanKV]:
