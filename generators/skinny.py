@@ -37,8 +37,8 @@ BLOCK_K = 64
 # (torch._inductor.config.unroll_reductions_threshold, a strict bound); more became a reduce kernel of its own, 12 a
 # step (one per layer, the MLP's c_proj: K = 3072) and ~1.9 us each at one row on an H200 (perf.lean_probe, f9a6d5b).
 # A call capped at 8 / uncapped on an H200 (perf/RESULTS.md): bf16 b=1 -4.3%, b=32 -5.0%; fp32 b=1 -6.5%, b=16 -1.8%,
-# b=32 -1.2% (rounded TF32, 1783f31; with tf32x3's three products fp32 at b=16 was +1.4%). There 8 slabs still took
-# the reduce kernels at fp32 b=32, where the K loop's slabs need not be a power of two: 7 since f1c7b9f.
+# b=32 -1.2% (rounded TF32, 1783f31; with tf32x3's three products fp32 at b=16 was +1.4%). But 8 slabs still took
+# the reduce kernels at fp32 2+ rows, whose K loop's slabs need not be a power of two: 7 / 8 at fp32 b=32, -6.9%.
 MAX_SPLITS = 7
 UNCAPPED = 1 << 30  # plan's max_splits when the slabs follow the SMs alone
 # How fp32 inputs are multiplied when torch allows TF32 matmuls: one TF32 product of inputs rounded to nearest, as
