@@ -13,10 +13,30 @@ pytestmark = pytest.mark.usefixtures("needs_triton")
 def test_picks_the_largest_logit(device: torch.device, m: int, k: int, n: int) -> None:
     torch.manual_seed(0)
     h, w = torch.randn(m, k, device=device), torch.randn(n, k, device=device)
-    best, _ = head_argmax.head_argmax_blocks(h, w, False)
+    best, _ = head_argmax.head_argmax_blocks(h, w, "ieee")
     exact = h.double() @ w.double().T
     assert torch.equal(head_argmax.head_argmax(h, w), exact.argmax(-1))
     torch.testing.assert_close(best.max(1).values.double(), exact.max(-1).values, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_fp32_follows_torchs_tf32_setting(device: torch.device, tf32: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under TF32 the logits are products of inputs rounded to TF32, as skinny.py and cuBLAS multiply; without,
+    full fp32 products."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    torch.manual_seed(0)
+    h, w = torch.randn(4, 256, device=device), torch.randn(200, 256, device=device)
+    results = []
+    blocks = head_argmax.head_argmax_blocks
+    monkeypatch.setattr(head_argmax, "head_argmax_blocks", lambda *args: results.append(blocks(*args)) or results[0])
+    head_argmax.head_argmax(h, w)
+    best = results[0][0].max(1).values.double()
+
+    def rounded(t: torch.Tensor) -> torch.Tensor:
+        return ((t.view(torch.int32) + 0x1000) & -8192).view(torch.float32).double() if tf32 else t.double()
+
+    want = (rounded(h) @ rounded(w).T).max(-1).values
+    torch.testing.assert_close(best, want, rtol=1e-5, atol=1e-4)
 
 
 def test_ties_go_to_the_lowest_index_across_blocks(device: torch.device) -> None:

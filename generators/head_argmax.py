@@ -71,18 +71,15 @@ if triton is not None:
 
 
 @torch.library.custom_op("decode_gate::head_argmax_blocks", mutates_args=())
-def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False
+def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row and block of BLOCK_N vocabulary entries: the largest logit of h [M, K] @ w [N, K]^T (fp32) and the
-    first index holding it. [M, blocks] each."""
+    first index holding it. [M, blocks] each. fp32 inputs multiplied with `fp32` (skinny.launch's precisions)."""
     (m, k), n = h.shape, w.shape[0]
     blocks = triton.cdiv(n, BLOCK_N)
     best = torch.empty((m, blocks), device=h.device, dtype=torch.float32)
     first = torch.empty((m, blocks), device=h.device, dtype=torch.int64)
-    if h.dtype == torch.bfloat16:
-        precision = "tf32"
-    else:
-        precision = skinny.FP32_PRECISION if tf32 else "ieee"
+    precision = "tf32" if h.dtype == torch.bfloat16 else fp32
     pdl = pdl and h.is_cuda  # Triton's interpreter (the CPU tests) runs without
     # K, the hidden size, is a compile-time constant: Triton's interpreter (the CPU tests) cannot loop to a runtime
     # bound, and a model has one
@@ -94,7 +91,7 @@ def head_argmax_blocks(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool =
 
 
 @head_argmax_blocks.register_fake
-def _(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _(h: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = -(-w.shape[0] // BLOCK_N)
     return h.new_empty((h.shape[0], blocks), dtype=torch.float32), h.new_empty((h.shape[0], blocks),
                                                                                dtype=torch.int64)
@@ -102,5 +99,5 @@ def _(h: torch.Tensor, w: torch.Tensor, tf32: bool, pdl: bool = False) -> tuple[
 
 def head_argmax(h: torch.Tensor, w: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """argmax(h @ w.T, dim=-1) for h [M, K] and an nn.Linear weight w [N, K] (K contiguous): [M] int64."""
-    best, first = head_argmax_blocks(h, w, torch.backends.cuda.matmul.allow_tf32, pdl)
+    best, first = head_argmax_blocks(h, w, skinny.matmul_precision(), pdl)
     return first.gather(1, best.argmax(dim=1, keepdim=True)).squeeze(1)  # argmax: the first block with the max
