@@ -65,7 +65,7 @@ class LeanModel(nn.Module):
     forward(tokens, positions, caches) -> last logits [B, V]; pick(...) -> their greedy tokens [B]."""
 
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = True,
-                 skinny_max_rows: int | None = None, skinny_min_rows: int = skinny.MIN_ROWS,
+                 skinny_max_rows: int = skinny.MAX_ROWS, skinny_min_rows: int = skinny.MIN_ROWS,
                  skinny_max_splits: int = skinny.MAX_SPLITS, skinny_fp32: str = skinny.FP32_PRECISION,
                  pdl: bool = False) -> None:
         super().__init__()
@@ -76,7 +76,7 @@ class LeanModel(nn.Module):
         self.fused_head = fused_head
         # skinny_max_rows: the most rows a projection sends through skinny.py; skinny_fp32, how it multiplies fp32
         # under TF32 (rounded TF32; "tf32x3", fp32-accurate, was the precision until 2026-12-01, to 16 rows).
-        self.skinny_max_rows = skinny.MAX_ROWS if skinny_max_rows is None else skinny_max_rows
+        self.skinny_max_rows = skinny_max_rows
         self.skinny_fp32 = skinny_fp32
         self.skinny_min_rows = skinny_min_rows  # 2: one row through the module (cuBLAS's GEMV), as before ef10c87
         self.skinny_max_splits = skinny_max_splits  # the most slabs of K a GEMM (skinny.MAX_SPLITS says why 7)
