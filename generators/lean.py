@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flash_decode, head_argmax, skinny
+from . import epilogue, flash_decode, head_argmax, skinny
 
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3")
 # RoPE types whose inverse frequencies are fixed when the rotary module is built.
@@ -67,7 +67,7 @@ class LeanModel(nn.Module):
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = True,
                  skinny_max_rows: int = skinny.MAX_ROWS, skinny_min_rows: int = skinny.MIN_ROWS,
                  skinny_max_splits: int = skinny.MAX_SPLITS, skinny_fp32: str = skinny.FP32_PRECISION,
-                 pdl: bool = False) -> None:
+                 pdl: bool = False, fused_epilogues: bool = True) -> None:
         super().__init__()
         # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
         # (head_argmax.py), never writing the logits. perf.lean_probe --ab on an H200, a call with / without: bf16
@@ -92,6 +92,10 @@ class LeanModel(nn.Module):
         if pdl and not hopper(model.lm_head.weight.device):
             raise ValueError("pdl=True needs a CUDA device of compute capability 9.0 or newer (Hopper)")
         self.pdl = pdl
+        # fused_epilogues (GPT-2 with a tanh GELU, fused_qkv's decode step at skinny.py's rows): a layer in five
+        # kernels, the bias, GELU and residual add in the GEMMs that sum their own slabs, and each LayerNorm after
+        # the first in the next GEMM's prologue (epilogue.py).
+        self.fused_epilogues = fused_epilogues
         config = model.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -108,6 +112,9 @@ class LeanModel(nn.Module):
             self.layers = model.transformer.h
             self.scales = [(self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
                            / (i + 1 if config.scale_attn_by_inverse_layer_idx else 1) for i in range(len(self.layers))]
+            self.fused_epilogues &= config.activation_function in epilogue.GELU_TANH
+            # The counters of epilogue.py's GEMMs: a buffer, so a CUDA graph replays the step with the same one
+            self.register_buffer("tickets", epilogue.tickets(model.lm_head.weight.device), persistent=False)
         else:
             attn = model.model.layers[0].self_attn
             self.head_dim = attn.head_dim  # the module's own: Qwen3 and Mistral may set head_dim in the config
@@ -181,6 +188,9 @@ class LeanModel(nn.Module):
             t = self.hf.transformer
             h = t.wte(tokens) + t.wpe(positions)[None]
             fused = self.fused_qkv and tokens.shape[1] == 1 and flash_decode.available(h)
+            rows = h.view(-1, h.shape[-1])
+            if fused and self.fused_epilogues and epilogue.available(rows, self.skinny_max_rows, self.skinny_min_rows):
+                return t.ln_f(self._fused_layers(rows, positions, caches))
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a, mlp = layer.attn, layer.mlp
                 x = layer.ln_1(h)
@@ -203,6 +213,27 @@ class LeanModel(nn.Module):
                 h = h + self._project(a.o_proj, self._attend(q, k, v, positions, mask, cache, scale))
                 h = h + self._project(layer.mlp.down_proj, self._gated(layer.mlp, layer.post_attention_layernorm(h)))
             h = m.norm(h[:, -1])
+        return h
+
+    def _fused_layers(self, h: torch.Tensor, positions: torch.Tensor,
+                      caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """GPT-2's layers for one decode step of h [B, hidden] -> [B, hidden], each in five kernels (epilogue.py):
+        c_attn with ln_1 in its prologue (the first layer's ln_1 a kernel of its own), the attention, c_proj plus
+        the residual, c_fc with ln_2 in its prologue and GELU, c_proj plus the residual."""
+        stats = None  # h's LayerNorm statistics, as the GEMM that wrote h left them
+        options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
+        for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
+            a, mlp, ln_1, ln_2 = layer.attn, layer.mlp, layer.ln_1, layer.ln_2
+            if stats is None:
+                parts = skinny.partials(ln_1(h), a.c_attn.weight, **options)
+            else:
+                parts = skinny.partials(h, a.c_attn.weight, norm=(stats, ln_1.weight, ln_1.bias, ln_1.eps), **options)
+            attended = flash_decode.decode_attention_qkv(parts, a.c_attn.bias, *cache, positions, scale, self.pdl)
+            attended = attended.transpose(1, 2).reshape(h.shape[0], -1)
+            h, stats = epilogue.linear(attended, a.c_proj.weight, a.c_proj.bias, self.tickets, residual=h, **options)
+            f, _ = epilogue.linear(h, mlp.c_fc.weight, mlp.c_fc.bias, self.tickets, gelu=True,
+                                   norm=(stats, ln_2.weight, ln_2.bias, ln_2.eps), **options)
+            h, stats = epilogue.linear(f, mlp.c_proj.weight, mlp.c_proj.bias, self.tickets, residual=h, **options)
         return h
 
     def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:

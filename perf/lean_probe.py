@@ -58,6 +58,7 @@ VARIANTS = {"unfused_head": {"fused_head": False},  # cuBLAS's LM head, then arg
             "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
             "tf32x3": {"skinny_fp32": "tf32x3", "skinny_max_rows": 16},  # fp32 as until 2026-12-01
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
+            "unfused_epilogues": {"fused_epilogues": False},  # GPT-2's bias, GELU, residual and norms by inductor
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
             "many_slabs": {"skinny_max_splits": skinny.UNCAPPED},  # skinny.plan's slabs uncapped, as before f9a6d5b

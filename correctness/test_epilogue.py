@@ -1,0 +1,123 @@
+"""epilogue.py: a GEMM that sums its own slabs equals x @ w plus its epilogue, writes its output's LayerNorm
+statistics, and leaves its tickets zeroed; the norm it folds into the next GEMM's prologue equals LayerNorm's
+(CUDA, or Triton's interpreter)."""
+
+import math
+
+import pytest
+import torch
+
+from generators import epilogue, skinny
+from generators.lean import hopper
+
+pytestmark = pytest.mark.usefixtures("needs_triton")
+
+SHAPES = [(1, 768, 2304), (32, 3072, 768), (5, 100, 70)]  # GPT-2 small's, and a ragged one
+
+
+def _gelu_tanh(t: torch.Tensor) -> torch.Tensor:
+    """transformers' NewGELUActivation (GPT-2's "gelu_new"), in float64."""
+    return 0.5 * t * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (t + 0.044715 * t.pow(3))))
+
+
+def _inputs(device: torch.device, m: int, k: int, n: int) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(0)
+    return (torch.randn(m, k, device=device), torch.randn(k, n, device=device) / math.sqrt(k),
+            torch.randn(n, device=device), torch.randn(m, n, device=device))
+
+
+def _row_stats(stats: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1 / std per row from the kernel's per-block (sum, squared deviations, columns), in float64."""
+    s, m2, n = stats.double().unbind(-1)
+    mean = s.sum(0) / n.sum(0)
+    var = (m2 + n * (s / n - mean) ** 2).sum(0) / n.sum(0)
+    return mean, (var + eps).rsqrt()
+
+
+@pytest.mark.parametrize("epilogue_", ["residual", "gelu", "bias"])
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+def test_linear_is_matmul_and_epilogue(device: torch.device, m: int, k: int, n: int, epilogue_: str) -> None:
+    x, w, bias, residual = _inputs(device, m, k, n)
+    ticket = epilogue.tickets(device)
+    y, stats = epilogue.linear(x, w, bias, ticket, residual=residual if epilogue_ == "residual" else None,
+                               gelu=epilogue_ == "gelu", fp32="ieee", pdl=hopper(device))
+    want = x.double() @ w.double() + bias.double()
+    want = {"residual": want + residual.double(), "gelu": _gelu_tanh(want), "bias": want}[epilogue_]
+    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)
+    mean, rstd = _row_stats(stats, 1e-5)
+    torch.testing.assert_close(mean, y.double().mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rstd, (y.double().var(1, unbiased=False) + 1e-5).rsqrt(), rtol=1e-5, atol=1e-6)
+    assert not ticket.any()  # every column block's counter back at zero, for the next GEMM and the next replay
+    again, _ = epilogue.linear(x, w, bias, ticket, residual=residual if epilogue_ == "residual" else None,
+                               gelu=epilogue_ == "gelu", fp32="ieee", pdl=hopper(device))
+    assert torch.equal(again, y)  # the slabs summed in one order, whichever program came last
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 2304), (32, 768, 3072), (3, 70, 100)])
+def test_norm_in_the_prologue_is_layer_norm(device: torch.device, m: int, k: int, n: int,
+                                            dtype: torch.dtype) -> None:
+    """The statistics one GEMM writes of its output let the next normalise it as F.layer_norm does, then multiply,
+    in both kernels: epilogue.linear's and skinny.partials'."""
+    if dtype == torch.bfloat16 and device.type != "cuda":
+        pytest.skip("Triton 3.6's interpreter multiplies bf16 tiles wrongly (tl.dot: ~1e11 off at 3 rows)")
+    h, w1, _, _ = _inputs(device, m, k, k)
+    _, w2, bias2, _ = _inputs(device, m, k, n)
+    g, b = torch.randn(k, device=device).to(dtype), torch.randn(k, device=device).to(dtype)
+    w2, bias2 = w2.to(dtype), bias2.to(dtype)
+    ticket = epilogue.tickets(device)
+    x, stats = epilogue.linear(h.to(dtype), w1.to(dtype), None, ticket, residual=h.to(dtype), fp32="ieee")
+    normed = torch.nn.functional.layer_norm(x.float(), (k,), g.float(), b.float(), 1e-5).to(dtype)
+    want = normed.double() @ w2.double()
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    got, _ = epilogue.linear(x, w2, bias2, ticket, norm=(stats, g, b, 1e-5), fp32="ieee", pdl=hopper(device))
+    torch.testing.assert_close(got.double(), want + bias2.double(), **tol)
+    parts = skinny.partials(x, w2, pdl=hopper(device), fp32="ieee", norm=(stats, g, b, 1e-5))
+    torch.testing.assert_close(parts.sum(0).double(), want, **tol)
+    assert not ticket.any()
+
+
+def test_gelu_and_residual_together_are_refused(device: torch.device) -> None:
+    x, w, bias, residual = _inputs(device, 2, 64, 32)
+    with pytest.raises(ValueError, match="gelu and residual"):
+        epilogue.linear(x, w, bias, epilogue.tickets(device), residual=residual, gelu=True)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device, compiled: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens and caches of a few GPT-2 decode steps with fused_epilogues on and off (fused_qkv on), eager or
+    fullgraph-compiled, in full fp32; caches to fp32 rounding: the norms' statistics are summed in another order."""
+    from generators import flash_decode  # noqa: PLC0415
+    from generators.caches import lean_decode_one_token  # noqa: PLC0415
+    from generators.decoding import Decoding, append_token  # noqa: PLC0415
+    from generators.lean import LeanModel  # noqa: PLC0415
+    from generators.models import build  # noqa: PLC0415
+
+    if device.type != "cuda":  # the interpreter runs the kernels on CPU
+        monkeypatch.setattr(flash_decode, "available", lambda q: True)
+        monkeypatch.setattr(epilogue, "available", lambda x, *rows: True)
+        monkeypatch.setattr(skinny, "available", lambda x, max_rows=32, min_rows=1: min_rows <= x.shape[0] <= max_rows)
+    model = build("tiny-gpt2", device=device)  # (sets TF32 on for fp32 matmuls)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # both paths in skinny.py's fp32
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 4), device=device)
+
+    def run(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        lean = LeanModel(model, fused_epilogues=fused)
+        assert lean.fused_epilogues == fused
+        d = Decoding.allocate(3, 4, 6, None, None, device)
+        d.reset(ids)
+        caches = lean.new_cache(3, 10)
+        step = torch.compile(lean_decode_one_token, fullgraph=True) if compiled else lean_decode_one_token
+        with torch.inference_mode():
+            append_token(d, lean(d.tokens[:, :4], torch.arange(4, device=device), caches))
+            for _ in range(5):
+                step(lean, caches, d)
+        assert not lean.tickets.any()
+        return d.tokens, [t for kv in caches for t in kv]
+
+    (tokens, caches), (want_tokens, want_caches) = run(True), run(False)
+    assert torch.equal(tokens, want_tokens)
+    for got, want in zip(caches, want_caches, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
