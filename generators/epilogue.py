@@ -2,10 +2,11 @@
 GELU or adds the residual, and writes the next LayerNorm's statistics, which the projection after it reads to
 normalise its input in its prologue (skinny.py's NORM).
 
-Why: a lean GPT-2 step at b=32 ran 100 kernels, 35 of them inductor's: the slab sums fused with the bias, GELU, the
-residual add and the LayerNorms (~1.6 us each on an H200, plus its gap, perf/RESULTS.md "Kernels per step"). Here
-a layer is five kernels: c_attn (ln_1 in its prologue), the attention (flash_decode.py), c_proj with the residual,
-c_fc (ln_2 in its prologue) with GELU, c_proj with the residual.
+Why: a lean fp32 GPT-2 step at b=32 ran 100 kernels on an H200, 37 of them inductor's slab sums fused with the
+bias, GELU (12), the residual add and the LayerNorms (25): ~1.7 us each, plus its gap (3d672d7, perf/RESULTS.md
+"Kernels per step"). Here 35 of them go into the GEMMs, and a layer is five kernels: c_attn (ln_1 in its
+prologue), the attention (flash_decode.py), c_proj with the residual, c_fc (ln_2 in its prologue) with GELU, c_proj
+with the residual.
 
 How a GEMM sums its own slabs: every program writes its fp32 partial sum as skinny.py's does, then takes a ticket
 from its column block's counter; the last of the block's S programs to arrive adds the S partial sums in slab order
@@ -13,6 +14,9 @@ from its column block's counter; the last of the block's S programs to arrive ad
 LayerNorm statistics (sum, squared deviations from its mean, columns) per row, and sets the counter back to 0, so
 the next call, and a CUDA graph's next replay, find it as this one did. No other kernel touches the counters, and
 under PDL a kernel takes tickets only after it has waited for the kernel before to finish.
+
+Status: LeanModel(fused_epilogues=True) runs it; off by default until a GPU has measured it (tested in Triton's
+interpreter only; perf/RESULTS.md, "Kernels per step", has the prediction).
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ kernels and one CUDA graph replays it:
 - on CUDA at 1-32 rows, the LM head and the greedy pick are one kernel (head_argmax.py) that never writes the
   logits;
 - on Hopper, the kernels launch as programmatic dependents (pdl), so a projection reads its weights while the kernel
-  before it still runs (skinny.py).
+  before it still runs (skinny.py);
+- optionally (fused_epilogues, GPT-2), a layer in five kernels: GEMMs that sum their own slabs and add the bias,
+  GELU or the residual, the LayerNorms in the next GEMM's prologue (epilogue.py).
 
 The Llama family differs in a few places, each taken from the model's own modules: Qwen2's q/k/v biases (any
 projection's bias is added), Qwen3's per-head q/k RMSNorm before RoPE (``q_norm``, ``k_norm``), Phi-3's fused
@@ -67,7 +69,7 @@ class LeanModel(nn.Module):
     def __init__(self, model: nn.Module, *, fused_qkv: bool = True, fused_head: bool = True,
                  skinny_max_rows: int = skinny.MAX_ROWS, skinny_min_rows: int = skinny.MIN_ROWS,
                  skinny_max_splits: int = skinny.MAX_SPLITS, skinny_fp32: str = skinny.FP32_PRECISION,
-                 pdl: bool = False, fused_epilogues: bool = True) -> None:
+                 pdl: bool = False, fused_epilogues: bool = False) -> None:
         super().__init__()
         # fused_head (CUDA, bf16 or fp32, <= 32 rows): a decode step's LM head and greedy pick in one kernel
         # (head_argmax.py), never writing the logits. perf.lean_probe --ab on an H200, a call with / without: bf16
@@ -94,7 +96,8 @@ class LeanModel(nn.Module):
         self.pdl = pdl
         # fused_epilogues (GPT-2 with a tanh GELU, fused_qkv's decode step at skinny.py's rows): a layer in five
         # kernels, the bias, GELU and residual add in the GEMMs that sum their own slabs, and each LayerNorm after
-        # the first in the next GEMM's prologue (epilogue.py).
+        # the first in the next GEMM's prologue (epilogue.py). Off until measured on a GPU: tested in Triton's
+        # interpreter only (2026-12-08, perf/RESULTS.md "Kernels per step"); perf.lean_probe --ab fused_epilogues.
         self.fused_epilogues = fused_epilogues
         config = model.config
         kind = config.model_type

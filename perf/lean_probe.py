@@ -18,7 +18,7 @@ skinny.py's kernel (partial sums only: their sum is fused into the next kernel i
 Each of these runs alone, instead of the above: --pdl, inductor's programmatic dependent launch off and on
 (pdl_ab); --head, the LM head and argmax as cuBLAS + argmax against head_argmax.py (head_table); --gemm, the GEMM
 table alone; --skinny-sweep, skinny.py's launch configurations (skinny_sweep); --ab NAME..., lean_graph against each
-of LeanModel's variants (VARIANTS) in turn (variant_ab).
+of LeanModel's variants (VARIANTS) in turn (variant_ab), with each arm's kernels per step unless --no-profile.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ VARIANTS = {"unfused_head": {"fused_head": False},  # cuBLAS's LM head, then arg
             "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
             "tf32x3": {"skinny_fp32": "tf32x3", "skinny_max_rows": 16},  # fp32 as until 2026-12-01
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
-            "unfused_epilogues": {"fused_epilogues": False},  # GPT-2's bias, GELU, residual and norms by inductor
+            "fused_epilogues": {"fused_epilogues": True},  # GPT-2's bias, GELU, residual and norms in the GEMMs
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
             "many_slabs": {"skinny_max_splits": skinny.UNCAPPED},  # skinny.plan's slabs uncapped, as before f9a6d5b
@@ -248,19 +248,27 @@ def alternating_calls(model: torch.nn.Module, batch: int, n: int, reps: int, reg
     return {name: round(sorted(t[1:])[reps // 2], 2) for name, t in times.items()}, tokens
 
 
-def variant_ab(model: torch.nn.Module, batch: int, variant: str, reps: int = 9) -> dict:
+def variant_ab(model: torch.nn.Module, batch: int, variant: str, reps: int = 9, profile: bool = True) -> dict:
     """lean_graph against lean_graph over one of VARIANTS: whole calls alternating as generation_ms times them, 96
-    replayed steps, and the rows whose 100 tokens differ (a near-tie parts them; the correctness suite rules)."""
+    replayed steps, the rows whose 100 tokens differ (a near-tie parts them; the correctness suite rules), and with
+    profile each arm's kernels per compiled step (step_profile), after the timings as in the default run."""
     other = dataclasses.replace(GENERATORS["lean_graph"], name=f"lean_graph_{variant}", cache=variant_cache(variant))
     registry = {"lean_graph": GENERATORS["lean_graph"], other.name: other}
     ms, tokens = alternating_calls(model, batch, 100, reps, registry)
     plain, ours = tokens.values()
     differ = (plain != ours).any(dim=1)
-    return {"batch": batch, "variant": variant, "ms per call": ms,
-            "ms per 96 steps": {n: round(steps_per_graph(model, batch, 96, [1], g.cache)[1], 2)
-                                for n, g in registry.items()},
-            "rows whose tokens differ": f"{int(differ.sum())} of {batch}",
-            "first differing position": int((plain != ours).any(dim=0).nonzero()[0]) if differ.any() else None}
+    row = {"batch": batch, "variant": variant, "ms per call": ms,
+           "ms per 96 steps": {n: round(steps_per_graph(model, batch, 96, [1], g.cache)[1], 2)
+                               for n, g in registry.items()},
+           "rows whose tokens differ": f"{int(differ.sum())} of {batch}",
+           "first differing position": int((plain != ours).any(dim=0).nonzero()[0]) if differ.any() else None}
+    if profile:
+        row["kernels per step"] = {}
+        for name, g in registry.items():
+            p = step_profile(Generator(f"{name}_compiled", "", cache=g.cache, execution=COMPILE), model, batch)
+            row["kernels per step"][name] = {k: p[k] for k in ("kernels_per_step", "kernel_us_per_step")}
+            release_sessions()
+    return row
 
 
 def pdl_ab(model: torch.nn.Module, batch: int, repeats: int = 2) -> dict:
@@ -319,7 +327,8 @@ def main() -> None:
         if getattr(args, flag):
             for batch in args.batch:
                 for variant in args.ab if flag == "ab" else [None]:
-                    row = probe(model, batch) if variant is None else probe(model, batch, variant)
+                    row = (probe(model, batch) if variant is None
+                           else probe(model, batch, variant, profile=not args.no_profile))
                     result["rows"].append({"batch": batch, **row})  # gemm_table's and skinny_sweep's lack it
                     print(json.dumps(result["rows"][-1]), flush=True)
             Path(args.out).mkdir(parents=True, exist_ok=True)
