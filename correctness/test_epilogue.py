@@ -1,6 +1,6 @@
 """epilogue.py: a GEMM that sums its own slabs equals x @ w plus its epilogue, writes its output's LayerNorm
 statistics, and leaves its tickets zeroed; the norm it folds into the next GEMM's prologue equals LayerNorm's
-(CUDA, or Triton's interpreter)."""
+(CUDA, or Triton's interpreter); bad arguments named, anywhere."""
 
 import math
 
@@ -9,8 +9,6 @@ import torch
 
 from generators import epilogue, skinny
 from generators.lean import hopper
-
-pytestmark = pytest.mark.usefixtures("needs_triton")
 
 SHAPES = [(1, 768, 2304), (32, 3072, 768), (5, 100, 70)]  # GPT-2 small's, and a ragged one
 
@@ -34,6 +32,7 @@ def _row_stats(stats: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
     return mean, (var + eps).rsqrt()
 
 
+@pytest.mark.usefixtures("needs_triton")
 @pytest.mark.parametrize("epilogue_", ["residual", "gelu", "bias"])
 @pytest.mark.parametrize(("m", "k", "n"), SHAPES)
 def test_linear_is_matmul_and_epilogue(device: torch.device, m: int, k: int, n: int, epilogue_: str) -> None:
@@ -53,6 +52,7 @@ def test_linear_is_matmul_and_epilogue(device: torch.device, m: int, k: int, n: 
     assert torch.equal(again, y)  # the slabs summed in one order, whichever program came last
 
 
+@pytest.mark.usefixtures("needs_triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 2304), (32, 768, 3072), (3, 70, 100)])
 def test_norm_in_the_prologue_is_layer_norm(device: torch.device, m: int, k: int, n: int,
@@ -83,6 +83,21 @@ def test_gelu_and_residual_together_are_refused(device: torch.device) -> None:
         epilogue.linear(x, w, bias, epilogue.tickets(device), residual=residual, gelu=True)
 
 
+@pytest.mark.parametrize(("argument", "message"), [
+    ("w", r"x \[M, K\] and w \[K, N\]"), ("bias", r"bias must be \[32\]"), ("residual", r"residual must be \[2, 32\]"),
+    ("ticket", "ticket must be"), ("norm", r"statistics must be \[blocks, 2, 3\]")])
+def test_bad_arguments_are_named(device: torch.device, argument: str, message: str) -> None:
+    """Checked before any kernel runs: the argument named, what it must be."""
+    x, w, bias, residual = _inputs(device, 2, 64, 32)
+    kwargs = {"w": w, "bias": bias, "ticket": epilogue.tickets(device), "residual": residual, "norm": None}
+    kwargs[argument] = {"w": w.t(), "bias": bias[:5], "residual": residual.double(),
+                        "ticket": torch.zeros(8, device=device),
+                        "norm": (torch.zeros(4, 3, 3, device=device), bias, bias, 1e-5)}[argument]
+    with pytest.raises(ValueError, match=message):
+        epilogue.linear(x, kwargs.pop("w"), kwargs.pop("bias"), kwargs.pop("ticket"), **kwargs)
+
+
+@pytest.mark.usefixtures("needs_triton")
 @pytest.mark.parametrize("compiled", [False, True])
 def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device, compiled: bool,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,5 +147,18 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, ticket: 
     """skinny_linear of x [M, K] @ w [K, N] (any strides), fp32 multiplied as skinny.partials multiplies it."""
     if gelu and residual is not None:
         raise ValueError("linear: gelu and residual together: an epilogue applies one of them")
+    if x.dim() != 2 or w.dim() != 2 or w.shape[0] != x.shape[1]:
+        raise ValueError(f"linear: x [M, K] and w [K, N], got x {list(x.shape)} and w {list(w.shape)}")
+    (m, _), n = x.shape, w.shape[1]
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"linear: bias must be [{n}] (w's columns), got {list(bias.shape)}")
+    if residual is not None and (residual.shape != (m, n) or residual.dtype != x.dtype):
+        raise ValueError(f"linear: residual must be [{m}, {n}] in {x.dtype}, got {list(residual.shape)} in "
+                         f"{residual.dtype}")
+    if ticket.dtype != torch.int32 or ticket.dim() != 1:
+        raise ValueError(f"linear: ticket must be tickets()'s zeroed int32 counters, got {ticket.dtype} "
+                         f"{list(ticket.shape)}")
+    if norm is not None and (norm[0].dim() != 3 or norm[0].shape[1:] != (m, 3)):
+        raise ValueError(f"linear: norm's statistics must be [blocks, {m}, 3], got {list(norm[0].shape)}")
     return skinny_linear(x, w, bias, residual, ticket, gelu, skinny.matmul_precision(fp32), pdl, max_splits,
                          *(norm or (None, None, None, 0.0)))
