@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from generators import epilogue, skinny
-from generators.lean import hopper
+from correctness import lean_steps
+from generators import epilogue, flash_decode, skinny
+from generators.lean import LeanModel, hopper
+from generators.models import build
 
 SHAPES = [(1, 768, 2304), (32, 3072, 768), (5, 100, 70)]  # GPT-2 small's, and a ragged one
 
@@ -103,12 +105,6 @@ def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokens and caches of a few GPT-2 decode steps with fused_epilogues on and off (fused_qkv on), eager or
     fullgraph-compiled, in full fp32; caches to fp32 rounding: the norms' statistics are summed in another order."""
-    from generators import flash_decode  # noqa: PLC0415
-    from generators.caches import lean_decode_one_token  # noqa: PLC0415
-    from generators.decoding import Decoding, append_token  # noqa: PLC0415
-    from generators.lean import LeanModel  # noqa: PLC0415
-    from generators.models import build  # noqa: PLC0415
-
     if device.type != "cuda":  # the interpreter runs the kernels on CPU
         monkeypatch.setattr(flash_decode, "available", lambda q: True)
         monkeypatch.setattr(epilogue, "available", lambda x, *rows: True)
@@ -121,16 +117,9 @@ def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device
     def run(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         lean = LeanModel(model, fused_epilogues=fused)
         assert lean.fused_epilogues == fused
-        d = Decoding.allocate(3, 4, 6, None, None, device)
-        d.reset(ids)
-        caches = lean.new_cache(3, 10)
-        step = torch.compile(lean_decode_one_token, fullgraph=True) if compiled else lean_decode_one_token
-        with torch.inference_mode():
-            append_token(d, lean(d.tokens[:, :4], torch.arange(4, device=device), caches))
-            for _ in range(5):
-                step(lean, caches, d)
+        out = lean_steps.run(lean, ids, 5, compiled)
         assert not lean.tickets.any()
-        return d.tokens, [t for kv in caches for t in kv]
+        return out
 
     (tokens, caches), (want_tokens, want_caches) = run(True), run(False)
     assert torch.equal(tokens, want_tokens)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from correctness import lean_steps
 from generators import flash_decode
 from generators.lean import LeanModel
 from generators.models import build
@@ -71,9 +72,6 @@ def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, comp
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokens and caches of a few GPT-2 decode steps with fused_qkv on and off, eager or fullgraph-compiled (the
     compiled kernel must write the caches in place, as the CUDA graph replays them)."""
-    from generators.caches import lean_decode_one_token  # noqa: PLC0415
-    from generators.decoding import Decoding, append_token  # noqa: PLC0415
-
     if device.type != "cuda":
         monkeypatch.setattr(flash_decode, "available", lambda q: True)  # the interpreter runs the kernels on CPU
     model = build("tiny-gpt2", device=device)
@@ -81,16 +79,7 @@ def test_lean_step_with_fused_qkv_is_the_unfused_step(device: torch.device, comp
     ids = torch.randint(0, model.config.vocab_size, (3, 4), device=device)
 
     def run(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        lean = LeanModel(model, fused_qkv=fused)
-        d = Decoding.allocate(3, 4, 6, None, None, device)
-        d.reset(ids)
-        caches = lean.new_cache(3, 10)
-        step = torch.compile(lean_decode_one_token, fullgraph=True) if compiled else lean_decode_one_token
-        with torch.inference_mode():
-            append_token(d, lean(d.tokens[:, :4], torch.arange(4, device=device), caches))
-            for _ in range(5):
-                step(lean, caches, d)
-        return d.tokens, [t for kv in caches for t in kv]
+        return lean_steps.run(LeanModel(model, fused_qkv=fused), ids, 5, compiled)
 
     (tokens, caches), (want_tokens, want_caches) = run(True), run(False)
     assert torch.equal(tokens, want_tokens)
