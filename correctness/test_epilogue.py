@@ -125,3 +125,31 @@ def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device
     assert torch.equal(tokens, want_tokens)
     for got, want in zip(caches, want_caches, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("needs_triton")
+def test_replayed_graph_finds_its_tickets_zeroed(device: torch.device) -> None:
+    """A CUDA graph of three chained GEMMs on one ticket buffer (the step's c_proj, c_fc, c_proj), replayed: each
+    replay the first's output, as the GEMMs leave every counter at zero for the next."""
+    from generators.execution import capture  # noqa: PLC0415
+
+    x, w, bias, _ = _inputs(device, 32, 768, 768)
+    _, w_up, bias_up, _ = _inputs(device, 32, 768, 3072)
+    _, w_down, bias_down, _ = _inputs(device, 32, 3072, 768)
+    ticket, outputs = epilogue.tickets(device), []
+    g, b = torch.ones(768, device=device), torch.zeros(768, device=device)
+
+    def step() -> None:
+        h, stats = epilogue.linear(x, w, bias, ticket, residual=x, pdl=hopper(device))
+        f, _ = epilogue.linear(h, w_up, bias_up, ticket, gelu=True, norm=(stats, g, b, 1e-5), pdl=hopper(device))
+        outputs.append(epilogue.linear(f, w_down, bias_down, ticket, residual=h, pdl=hopper(device))[0])
+
+    graph = capture(step)
+    replayed = outputs[-1]  # the graph's output buffer, rewritten by every replay
+    for _ in range(3):
+        replayed.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(replayed, outputs[0], rtol=0, atol=0)
+    assert not ticket.any()
