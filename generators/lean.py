@@ -116,8 +116,8 @@ class LeanModel(nn.Module):
             self.scales = [(self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
                            / (i + 1 if config.scale_attn_by_inverse_layer_idx else 1) for i in range(len(self.layers))]
             self.fused_epilogues &= config.activation_function in epilogue.GELU_TANH
-            # The counters of epilogue.py's GEMMs: a buffer, so a CUDA graph replays the step with the same one
-            self.register_buffer("tickets", epilogue.tickets(model.lm_head.weight.device), persistent=False)
+            if self.fused_epilogues:  # epilogue.py's counters: a buffer, so a CUDA graph replays the step with it
+                self.register_buffer("tickets", epilogue.tickets(model.lm_head.weight.device), persistent=False)
         else:
             attn = model.model.layers[0].self_attn
             self.head_dim = attn.head_dim  # the module's own: Qwen3 and Mistral may set head_dim in the config
