@@ -11,7 +11,8 @@ block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums t
 ``_project`` with a plain ``.sum(0)``, which inductor fuses (with the bias, activation, residual) into the kernel
 that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel (inductor does so for up
 to 7 slabs, MAX_SPLITS, where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
-shape keeps the summation order, hence the result, deterministic (no atomics).
+shape keeps the summation order, hence the result, deterministic (no atomics). epilogue.py's GEMM runs the same
+slabs and sums them itself; its LayerNorm statistics let this kernel normalise x in its prologue (NORM).
 Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
 kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32
 keeps its K loop, ``whole_slab``).
