@@ -107,7 +107,6 @@ def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device
     fullgraph-compiled, in full fp32; caches to fp32 rounding: the norms' statistics are summed in another order."""
     if device.type != "cuda":  # the interpreter runs the kernels on CPU
         monkeypatch.setattr(flash_decode, "available", lambda q: True)
-        monkeypatch.setattr(epilogue, "available", lambda x, *rows: True)
         monkeypatch.setattr(skinny, "available", lambda x, max_rows=32, min_rows=1: min_rows <= x.shape[0] <= max_rows)
     model = build("tiny-gpt2", device=device)  # (sets TF32 on for fp32 matmuls)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # both paths in skinny.py's fp32

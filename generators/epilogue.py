@@ -94,10 +94,6 @@ if triton is not None:
             tl.atomic_xchg(ticket_ptr + pid_n, 0)  # zeroed for the next call
 
 
-def available(x: torch.Tensor, max_rows: int = skinny.MAX_ROWS, min_rows: int = skinny.MIN_ROWS) -> bool:
-    return triton is not None and skinny.available(x, max_rows, min_rows)
-
-
 @torch.library.custom_op("decode_gate::skinny_linear", mutates_args=())
 def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
                   ticket: torch.Tensor, gelu: bool, fp32: str, pdl: bool = False,

@@ -191,8 +191,8 @@ class LeanModel(nn.Module):
             t = self.hf.transformer
             h = t.wte(tokens) + t.wpe(positions)[None]
             fused = self.fused_qkv and tokens.shape[1] == 1 and flash_decode.available(h)
-            rows = h.view(-1, h.shape[-1])
-            if fused and self.fused_epilogues and epilogue.available(rows, self.skinny_max_rows, self.skinny_min_rows):
+            rows = h.view(-1, h.shape[-1])  # one token a row; epilogue.py's GEMMs are skinny.py's, as are its rows
+            if fused and self.fused_epilogues and skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
                 return t.ln_f(self._fused_layers(rows, positions, caches))
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a, mlp = layer.attn, layer.mlp
@@ -227,10 +227,8 @@ class LeanModel(nn.Module):
         options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, ln_1, ln_2 = layer.attn, layer.mlp, layer.ln_1, layer.ln_2
-            if stats is None:
-                parts = skinny.partials(ln_1(h), a.c_attn.weight, **options)
-            else:
-                parts = skinny.partials(h, a.c_attn.weight, norm=(stats, ln_1.weight, ln_1.bias, ln_1.eps), **options)
+            x, norm = (ln_1(h), None) if stats is None else (h, (stats, ln_1.weight, ln_1.bias, ln_1.eps))
+            parts = skinny.partials(x, a.c_attn.weight, norm=norm, **options)
             attended = flash_decode.decode_attention_qkv(parts, a.c_attn.bias, *cache, positions, scale, self.pdl)
             attended = attended.transpose(1, 2).reshape(h.shape[0], -1)
             h, stats = epilogue.linear(attended, a.c_proj.weight, a.c_proj.bias, self.tickets, residual=h, **options)
