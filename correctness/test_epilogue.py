@@ -1,11 +1,12 @@
-"""epilogue.py: a GEMM that sums its own slabs equals x @ w plus its epilogue, writes its output's LayerNorm
-statistics, and leaves its tickets zeroed; the norm it folds into the next GEMM's prologue equals LayerNorm's
-(CUDA, or Triton's interpreter); bad arguments named, anywhere."""
+"""epilogue.py: a GEMM that sums its own slabs equals x @ w plus its epilogue, writes its output's norm
+statistics, and leaves its tickets zeroed; the norm it folds into the next GEMM's prologue equals LayerNorm's or
+LlamaRMSNorm's (CUDA, or Triton's interpreter); bad arguments named, anywhere."""
 
 import math
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from correctness import lean_steps
 from generators import epilogue, flash_decode, skinny
@@ -79,22 +80,75 @@ def test_norm_in_the_prologue_is_layer_norm(device: torch.device, m: int, k: int
     assert not ticket.any()
 
 
+@pytest.mark.usefixtures("needs_triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 2304), (32, 768, 3072), (3, 70, 100)])
+def test_rms_norm_in_the_prologue_is_the_llama_module(device: torch.device, m: int, k: int, n: int,
+                                                      dtype: torch.dtype) -> None:
+    """The same statistics let the next GEMM apply an RMSNorm as transformers' LlamaRMSNorm does (the Llama family's
+    norms are that module), then multiply, in both kernels; a row's mean is far from 0, as the variance alone
+    would not do."""
+    if dtype == torch.bfloat16 and device.type != "cuda":
+        pytest.skip("Triton 3.6's interpreter multiplies bf16 tiles wrongly (tl.dot: ~1e11 off at 3 rows)")
+    h, w1, _, _ = _inputs(device, m, k, k)
+    _, w2, _, _ = _inputs(device, m, k, n)
+    module = LlamaRMSNorm(k, eps=1e-6).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        module.weight.normal_()
+    ticket = epilogue.tickets(device)
+    x, stats = epilogue.linear(h.to(dtype), w1.to(dtype), None, ticket, residual=(h + 3).to(dtype), fp32="ieee")
+    want = module(x).double() @ w2.to(dtype).double()
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    norm = skinny.Norm(stats, module.weight, None, module.variance_epsilon, rms=True)
+    got, _ = epilogue.linear(x, w2.to(dtype), None, ticket, norm=norm, fp32="ieee", pdl=hopper(device))
+    torch.testing.assert_close(got.double(), want, **tol)
+    parts = skinny.partials(x, w2.to(dtype), pdl=hopper(device), fp32="ieee", norm=norm)
+    torch.testing.assert_close(parts.sum(0).double(), want, **tol)
+    assert not ticket.any()
+
+
+@pytest.mark.usefixtures("needs_triton")
+@pytest.mark.parametrize("layout", ["two weights", "one gate_up_proj"])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 256, 704), (32, 768, 2048), (3, 70, 100)])
+def test_gated_is_silu_of_gate_times_up(device: torch.device, m: int, k: int, n: int, layout: str) -> None:
+    """silu(x @ gate) * (x @ up) in one kernel, against float64: Llama's gate_proj and up_proj, or Phi-3's one
+    gate_up_proj read as its two halves (strided views of one nn.Linear weight)."""
+    x, gate, _, _ = _inputs(device, m, k, n)
+    if layout == "two weights":  # nn.Linear's [out, in] weights, read transposed as lean.py reads them
+        gate, up = (torch.randn(n, k, device=device) / math.sqrt(k)).t(), (torch.randn(n, k, device=device)).t()
+    else:
+        gate, up = (torch.randn(2 * n, k, device=device) / math.sqrt(k)).t().chunk(2, dim=1)
+    ticket = epilogue.tickets(device)
+    y, _ = epilogue.linear(x, gate, None, ticket, up=up, fp32="ieee", pdl=hopper(device))
+    want = torch.nn.functional.silu(x.double() @ gate.double()) * (x.double() @ up.double())
+    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)
+    assert not ticket.any()
+
+
 def test_gelu_and_residual_together_are_refused(device: torch.device) -> None:
     x, w, bias, residual = _inputs(device, 2, 64, 32)
-    with pytest.raises(ValueError, match="gelu and residual"):
+    with pytest.raises(ValueError, match="gelu, residual and up"):
         epilogue.linear(x, w, bias, epilogue.tickets(device), residual=residual, gelu=True)
 
 
 @pytest.mark.parametrize(("argument", "message"), [
     ("w", r"x \[M, K\] and w \[K, N\]"), ("bias", r"bias must be \[32\]"), ("residual", r"residual must be \[2, 32\]"),
-    ("ticket", "ticket must be"), ("norm", r"statistics must be \[blocks, 2, 3\]")])
+    ("ticket", "ticket must be"), ("norm", r"statistics must be \[blocks, 2, 3\]"),
+    ("rms", "bias must be given for a LayerNorm and None for an RMSNorm"), ("up", r"up must be a weight like w"),
+    ("bias_with_up", "without up")])
 def test_bad_arguments_are_named(device: torch.device, argument: str, message: str) -> None:
     """Checked before any kernel runs: the argument named, what it must be."""
     x, w, bias, residual = _inputs(device, 2, 64, 32)
+    stats = torch.zeros(1, 2, 3, device=device)
     kwargs = {"w": w, "bias": bias, "ticket": epilogue.tickets(device), "residual": residual, "norm": None}
-    kwargs[argument] = {"w": w.t(), "bias": bias[:5], "residual": residual.double(),
-                        "ticket": torch.zeros(8, device=device),
-                        "norm": (torch.zeros(4, 3, 3, device=device), bias, bias, 1e-5)}[argument]
+    if argument.startswith(("up", "bias_with")):
+        kwargs |= {"residual": None, "bias": bias if argument == "bias_with_up" else None,
+                   "up": w[:, :5] if argument == "up" else w.clone()}
+    else:
+        kwargs[argument.replace("rms", "norm")] = {
+            "w": w.t(), "bias": bias[:5], "residual": residual.double(), "ticket": torch.zeros(8, device=device),
+            "norm": (torch.zeros(4, 3, 3, device=device), bias, bias, 1e-5),
+            "rms": skinny.Norm(stats, bias, bias, 1e-5, rms=True)}[argument]
     with pytest.raises(ValueError, match=message):
         epilogue.linear(x, kwargs.pop("w"), kwargs.pop("bias"), kwargs.pop("ticket"), **kwargs)
 

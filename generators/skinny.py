@@ -12,7 +12,8 @@ block give S x N / BLOCK_N programs, enough to cover every SM. The caller sums t
 that consumes the result, so a layer GEMM is one Triton kernel and no extra reduce kernel (inductor does so for up
 to 7 slabs, MAX_SPLITS, where the lean step caps them); flash_decode.py's qkv kernel for c_attn. A fixed S per
 shape keeps the summation order, hence the result, deterministic (no atomics). epilogue.py's GEMM runs the same
-slabs and sums them itself; its LayerNorm statistics let this kernel normalise x in its prologue (NORM).
+slabs and sums them itself; its statistics of x let this kernel normalise x in its prologue (NORM: GPT-2's
+LayerNorm, or the Llama family's RMSNorm).
 Under programmatic dependent launch (Hopper, lean.py's pdl) a program reads its slab before it waits for the
 kernel before it, which writes x, never W: a GEMM's weight reads overlap that kernel (16-bit and one row; fp32
 keeps its K loop, ``whole_slab``).
@@ -24,6 +25,7 @@ rows).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -81,9 +83,10 @@ if triton is not None:
         return t
 
     @triton.jit
-    def _row_stats(stats_ptr, rows, M, BLOCKS: tl.constexpr, eps):
-        """Mean and 1 / std [BLOCK_M] of each row of a LayerNorm's input, from BLOCKS column blocks' (sum, squared
-        deviations from the block's mean, columns) that epilogue.py's GEMM wrote [BLOCKS, M, 3]."""
+    def _row_stats(stats_ptr, rows, M, BLOCKS: tl.constexpr, eps, NORM: tl.constexpr):
+        """Mean and 1 / std [BLOCK_M] of each row of a LayerNorm's input, or (NORM "rms") 0 and 1 / root mean square
+        of an RMSNorm's, from BLOCKS column blocks' (sum, squared deviations from the block's mean, columns) that
+        epilogue.py's GEMM wrote [BLOCKS, M, 3]."""
         mask = rows < M
         total, cols = tl.zeros(rows.shape, tl.float32), tl.zeros(rows.shape, tl.float32)
         for b in range(BLOCKS):
@@ -95,16 +98,21 @@ if triton is not None:
             n = tl.load(stats_ptr + (b * M + rows) * 3 + 2, mask=mask, other=1.0)
             d = tl.load(stats_ptr + (b * M + rows) * 3, mask=mask, other=0.0) / n - mean
             m2 += tl.load(stats_ptr + (b * M + rows) * 3 + 1, mask=mask, other=0.0) + n * d * d
+        if NORM == "rms":  # mean(x^2) = variance + mean^2; rsqrt, as LlamaRMSNorm takes it
+            return tl.zeros_like(mean), tl.rsqrt(m2 / cols + mean * mean + eps)
         return mean, 1.0 / tl.sqrt(m2 / cols + eps)
 
     @triton.jit
     def _normed(x, ks, K, mean, rstd, g_ptr, b_ptr, NORM: tl.constexpr):
-        """x's columns ks of the LayerNorm (weight g, bias b) applied, in x's dtype as the norm's output would be;
-        columns past K stay 0. ks, mean and rstd come shaped to broadcast against x."""
-        if NORM:
+        """x's columns ks of the norm (weight g; a LayerNorm's bias b) applied, in x's dtype as the norm's output
+        would be; columns past K stay 0. ks, mean and rstd come shaped to broadcast against x."""
+        if NORM == "layer":
             g = tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
             b = tl.load(b_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
             x = ((x.to(tl.float32) - mean) * rstd * g + b).to(x.dtype)
+        elif NORM == "rms":  # LlamaRMSNorm: normalised in fp32, cast to x's dtype, then times the weight
+            g = tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
+            x = (g * (x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32)).to(x.dtype)
         return x
 
     @triton.jit
@@ -113,9 +121,9 @@ if triton is not None:
                   K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   PRECISION: tl.constexpr, ROUND: tl.constexpr, WHOLE_SLAB: tl.constexpr, PDL: tl.constexpr,
                   NORM: tl.constexpr, STAT_BLOCKS: tl.constexpr):
-        """[BLOCK_M, BLOCK_N] fp32: x's rows times W's slab `split` of K, columns of block pid_n. NORM: x is a
-        LayerNorm's input, normalised here from STAT_BLOCKS blocks of statistics (_row_stats), as the next
-        projection's prologue."""
+        """[BLOCK_M, BLOCK_N] fp32: x's rows times W's slab `split` of K, columns of block pid_n. NORM ("layer" or
+        "rms"; "" for none): x is that norm's input, normalised here from STAT_BLOCKS blocks of statistics
+        (_row_stats), as the next projection's prologue."""
         rows = tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         if BLOCK_M == 1:  # one row: products on the CUDA cores, exact in fp32 (tl.dot would pad the row to 16),
@@ -126,8 +134,8 @@ if triton is not None:
             if PDL:
                 tl.extra.cuda.gdc_wait()
             x = tl.load(x_ptr + ks * stride_xk, mask=ks < K, other=0.0)
-            if NORM:
-                mean, rstd = _row_stats(stats_ptr, rows, M, STAT_BLOCKS, eps)
+            if NORM != "":
+                mean, rstd = _row_stats(stats_ptr, rows, M, STAT_BLOCKS, eps, NORM)
                 x = _normed(x, ks, K, tl.sum(mean, axis=0), tl.sum(rstd, axis=0), g_ptr, b_ptr, NORM)
             if PDL:
                 tl.extra.cuda.gdc_launch_dependents()
@@ -141,8 +149,8 @@ if triton is not None:
                 tl.extra.cuda.gdc_wait()  # x is the kernel before's output
             x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
                         mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
-            if NORM:
-                mean, rstd = _row_stats(stats_ptr, rows, M, STAT_BLOCKS, eps)
+            if NORM != "":
+                mean, rstd = _row_stats(stats_ptr, rows, M, STAT_BLOCKS, eps, NORM)
                 x = _normed(x, ks[None, :], K, mean[:, None], rstd[:, None], g_ptr, b_ptr, NORM)
             if PDL:
                 tl.extra.cuda.gdc_launch_dependents()
@@ -151,14 +159,14 @@ if triton is not None:
             if PDL:  # x is the kernel before's output; the kernel after may start (it waits for us)
                 tl.extra.cuda.gdc_wait()
                 tl.extra.cuda.gdc_launch_dependents()
-            if NORM:
-                mean, rstd = _row_stats(stats_ptr, rows, M, STAT_BLOCKS, eps)
+            if NORM != "":
+                mean, rstd = _row_stats(stats_ptr, rows, M, STAT_BLOCKS, eps, NORM)
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, K_PER_SPLIT, BLOCK_K):
                 ks = split * K_PER_SPLIT + k0 + tl.arange(0, BLOCK_K)
                 x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
                             mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
-                if NORM:
+                if NORM != "":
                     x = _normed(x, ks[None, :], K, mean[:, None], rstd[:, None], g_ptr, b_ptr, NORM)
                 w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
                             mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
@@ -208,16 +216,32 @@ def plan(m: int, n: int, k: int, sms: int, *, block_n: int | None = None, block_
     return block_n, -(-tiles // per_split), per_split * block_k
 
 
-# A LayerNorm folded into the projection after it: (statistics [blocks, M, 3] from epilogue.py's GEMM that wrote x,
-# the norm's weight, its bias, its eps).
-Norm = tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]
+class Norm(NamedTuple):
+    """A norm folded into the projection after it: x's statistics [blocks, M, 3] as epilogue.py's GEMM that wrote x
+    left them, and the norm's weight, bias and eps: a LayerNorm (GPT-2's), or with rms an RMSNorm (the Llama
+    family's: no mean taken, no bias)."""
+
+    stats: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    eps: float
+    rms: bool = False
+
+    @staticmethod
+    def of(stats: torch.Tensor | None, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+           rms: bool) -> Norm | None:
+        """The Norm a custom op's flat arguments describe; None without statistics."""
+        return None if stats is None else Norm(stats, weight, bias, eps, rms)
+
+
+NO_NORM = (None, None, None, 0.0, False)  # a custom op's flat norm arguments where there is none
 
 
 def kernel_args(x: torch.Tensor, w: torch.Tensor, norm: Norm | None) -> tuple:
     """The arguments every kernel over _slab_dot takes first: x, W, their shapes and strides, the folded norm."""
     (m, k), n = x.shape, w.shape[1]
-    stats, g, b, eps = norm if norm is not None else (x, x, x, 0.0)  # NORM off: pointers never read
-    return x, w, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1), stats, g, b, eps
+    stats, g, b, eps = (x, x, x, 0.0) if norm is None else norm[:4]  # pointers NORM does not read: any tensor
+    return x, w, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1), stats, g, x if b is None else b, eps
 
 
 def constexprs(x: torch.Tensor, fp32: str, block_n: int, per_split: int, block_k: int, whole_slab: bool, pdl: bool,
@@ -226,7 +250,8 @@ def constexprs(x: torch.Tensor, fp32: str, block_n: int, per_split: int, block_k
     m = x.shape[0]
     return dict(K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
                 BLOCK_K=block_k, **dot_args(fp32 if x.dtype == torch.float32 else "ieee"), WHOLE_SLAB=whole_slab,
-                PDL=pdl, NORM=norm is not None, STAT_BLOCKS=norm[0].shape[0] if norm is not None else 0)
+                PDL=pdl, NORM="" if norm is None else "rms" if norm.rms else "layer",
+                STAT_BLOCKS=0 if norm is None else norm.stats.shape[0])
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block_n: int, per_split: int, *,
@@ -235,7 +260,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block
     """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each, fp32 inputs multiplied
     with `fp32` ("ieee", "tf32x3" or ROUNDED). pdl: launched as a programmatic dependent launch (Hopper; CUDA only,
     Triton's interpreter runs without). whole_slab: a program's slab of W read as one tile, before it waits for the
-    kernel before (plan(whole_slab=True)'s slabs). norm: x is a LayerNorm's input, normalised in the kernel."""
+    kernel before (plan(whole_slab=True)'s slabs). norm: x is that norm's input, normalised in the kernel."""
     pdl = pdl and x.is_cuda
     _partials_kernel[(triton.cdiv(w.shape[1], block_n), out.shape[0])](
         *kernel_args(x, w, norm), out, **constexprs(x, fp32, block_n, per_split, block_k, whole_slab, pdl, norm),
@@ -252,22 +277,22 @@ def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False, max_splits: int = MAX_SPLITS,
                     stats: torch.Tensor | None = None, norm_w: torch.Tensor | None = None,
-                    norm_b: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+                    norm_b: torch.Tensor | None = None, eps: float = 0.0, rms: bool = False) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S <= max_splits slabs of K (see the module docstring); with stats,
-    of LayerNorm(x) (weight norm_w, bias norm_b, eps), x's statistics in stats (Norm)."""
+    of LayerNorm(x) (weight norm_w, bias norm_b, eps), or with rms of RMSNorm(x), x's statistics in stats (Norm)."""
     (m, k), n = x.shape, w.shape[1]
     slab = whole_slab(x, pdl)
     block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=slab, max_splits=max_splits)
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-    norm = None if stats is None else (stats, norm_w, norm_b, eps)
-    launch(x, w, out, fp32, block_n, per_split, pdl=pdl, whole_slab=slab, norm=norm)
+    launch(x, w, out, fp32, block_n, per_split, pdl=pdl, whole_slab=slab,
+           norm=Norm.of(stats, norm_w, norm_b, eps, rms))
     return out
 
 
 @skinny_partials.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False, max_splits: int = MAX_SPLITS,
       stats: torch.Tensor | None = None, norm_w: torch.Tensor | None = None, norm_b: torch.Tensor | None = None,
-      eps: float = 0.0) -> torch.Tensor:
+      eps: float = 0.0, rms: bool = False) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[1]
     _, splits, _ = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl), max_splits=max_splits)
     return x.new_empty((splits, m, n), dtype=torch.float32)
@@ -277,5 +302,5 @@ def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: in
              fp32: str = FP32_PRECISION, norm: Norm | None = None) -> torch.Tensor:
     """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with `fp32` (FP32_PRECISION, or
     another of tl.dot's input precisions) exactly when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee");
-    with norm, of that LayerNorm of x."""
-    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits, *(norm or (None, None, None, 0.0)))
+    with norm, of that norm of x."""
+    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits, *(Norm(*norm) if norm else NO_NORM))
