@@ -30,6 +30,21 @@ def test_fused_epilogues_where_asked_and_the_activation_is_a_tanh_gelu() -> None
     assert not LeanModel(model, fused_epilogues=True).fused_epilogues
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-phi3"])
+def test_fused_epilogues_for_the_llama_family_where_the_mlp_is_silu_without_biases(name: str) -> None:
+    """Asked for, on where epilogue.py applies the MLP's activation (SiLU) and its gate and up have no biases (Llama's
+    mlp_bias); off, not wrong, otherwise."""
+    model = build(name, dtype="float32")
+    assert model.config.hidden_act == "silu" and LeanModel(model, fused_epilogues=True).fused_epilogues
+    model.config.hidden_act = "gelu"
+    assert not LeanModel(model, fused_epilogues=True).fused_epilogues
+    if name == "tiny-llama":
+        model = build(name, dtype="float32")
+        mlp = model.model.layers[0].mlp
+        mlp.gate_proj.bias = torch.nn.Parameter(torch.zeros(mlp.gate_proj.out_features))
+        assert not LeanModel(model, fused_epilogues=True).fused_epilogues
+
+
 def test_pdl_needs_hopper() -> None:
     """pdl asked for where there is no Hopper GPU is refused by name, never silently off."""
     model = build("tiny-gpt2", dtype="float32")

@@ -37,7 +37,7 @@ def _points(grid: list[tuple[int, int]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m generators", description=__doc__.split("\n")[0])
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
-    p.add_argument("--model", help="gpt2-small, tiny-gpt2, tiny-llama or a local directory "
+    p.add_argument("--model", help="gpt2-small, llama-110m, a tiny one (generators/models.py) or a local directory "
                                    "(default: gpt2-small on CUDA, tiny-gpt2 on CPU)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--variants", help="comma-separated generator names (default: all that run on the device; "

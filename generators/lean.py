@@ -20,8 +20,9 @@ kernels and one CUDA graph replays it:
   logits;
 - on Hopper, the kernels launch as programmatic dependents (pdl), so a projection reads its weights while the kernel
   before it still runs (skinny.py);
-- optionally (fused_epilogues, GPT-2), a layer in five kernels: GEMMs that sum their own slabs and add the bias,
-  GELU or the residual, the LayerNorms in the next GEMM's prologue (epilogue.py).
+- optionally (fused_epilogues), GEMMs that sum their own slabs and add the bias, GELU, SiLU(gate) * up or the
+  residual, with each norm after the first in the next GEMM's prologue (epilogue.py): a GPT-2 layer in five
+  kernels.
 
 The Llama family differs in a few places, each taken from the model's own modules: Qwen2's q/k/v biases (any
 projection's bias is added), Qwen3's per-head q/k RMSNorm before RoPE (``q_norm``, ``k_norm``), Phi-3's fused
@@ -94,10 +95,11 @@ class LeanModel(nn.Module):
         if pdl and not hopper(model.lm_head.weight.device):
             raise ValueError("pdl=True needs a CUDA device of compute capability 9.0 or newer (Hopper)")
         self.pdl = pdl
-        # fused_epilogues (GPT-2 with a tanh GELU, fused_qkv's decode step at skinny.py's rows): a layer in five
-        # kernels, the bias, GELU and residual add in the GEMMs that sum their own slabs, and each LayerNorm after
-        # the first in the next GEMM's prologue (epilogue.py). Off until measured on a GPU: tested in Triton's
-        # interpreter only (2026-12-08, perf/RESULTS.md "Kernels per step"); perf.lean_probe --ab fused_epilogues.
+        # fused_epilogues (a decode step at skinny.py's rows; GPT-2 with a tanh GELU and fused_qkv, the Llama family
+        # with SiLU and no MLP biases): the bias, activation and residual add in the GEMMs that sum their own slabs,
+        # and each norm after the first in the next GEMM's prologue (epilogue.py). Off until measured on a GPU:
+        # tested in Triton's interpreter only (2026-12-08, perf/RESULTS.md "Kernels per step");
+        # perf.lean_probe --ab fused_epilogues.
         self.fused_epilogues = fused_epilogues
         config = model.config
         kind = config.model_type
@@ -116,8 +118,6 @@ class LeanModel(nn.Module):
             self.scales = [(self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
                            / (i + 1 if config.scale_attn_by_inverse_layer_idx else 1) for i in range(len(self.layers))]
             self.fused_epilogues &= config.activation_function in epilogue.GELU_TANH
-            if self.fused_epilogues:  # epilogue.py's counters: a buffer, so a CUDA graph replays the step with it
-                self.register_buffer("tickets", epilogue.tickets(model.lm_head.weight.device), persistent=False)
         else:
             attn = model.model.layers[0].self_attn
             self.head_dim = attn.head_dim  # the module's own: Qwen3 and Mistral may set head_dim in the config
@@ -137,6 +137,11 @@ class LeanModel(nn.Module):
             self.sliding_window = getattr(config, "sliding_window", None)
             self.layers = model.model.layers
             self.scales = [layer.self_attn.scaling for layer in self.layers]
+            mlp = self.layers[0].mlp
+            gate_up = (mlp.gate_up_proj,) if kind == "phi3" else (mlp.gate_proj, mlp.up_proj)
+            self.fused_epilogues &= config.hidden_act in epilogue.SILU and all(p.bias is None for p in gate_up)
+        if self.fused_epilogues:  # epilogue.py's counters: a buffer, so a CUDA graph replays the step with it
+            self.register_buffer("tickets", epilogue.tickets(model.lm_head.weight.device), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -208,6 +213,10 @@ class LeanModel(nn.Module):
             m = self.hf.model
             h = m.embed_tokens(tokens)
             cos, sin = (table[positions][None] for table in self.rope)  # [1, T, head_dim]
+            rows = h.view(-1, h.shape[-1])
+            if (self.fused_epilogues and tokens.shape[1] == 1
+                    and skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows)):
+                return m.norm(self._fused_gated_layers(rows, cos, sin, positions, mask, caches))
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a = layer.self_attn
                 q, k, v = self._qkv(a, layer.input_layernorm(h))  # [B, T, heads * head_dim] each
@@ -227,29 +236,61 @@ class LeanModel(nn.Module):
         options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, ln_1, ln_2 = layer.attn, layer.mlp, layer.ln_1, layer.ln_2
-            x, norm = (ln_1(h), None) if stats is None else (h, (stats, ln_1.weight, ln_1.bias, ln_1.eps))
+            x, norm = (ln_1(h), None) if stats is None else (h, skinny.Norm(stats, ln_1.weight, ln_1.bias, ln_1.eps))
             parts = skinny.partials(x, a.c_attn.weight, norm=norm, **options)
             attended = flash_decode.decode_attention_qkv(parts, a.c_attn.bias, *cache, positions, scale, self.pdl)
             attended = attended.transpose(1, 2).reshape(h.shape[0], -1)
             h, stats = epilogue.linear(attended, a.c_proj.weight, a.c_proj.bias, self.tickets, residual=h, **options)
             f, _ = epilogue.linear(h, mlp.c_fc.weight, mlp.c_fc.bias, self.tickets, gelu=True,
-                                   norm=(stats, ln_2.weight, ln_2.bias, ln_2.eps), **options)
+                                   norm=skinny.Norm(stats, ln_2.weight, ln_2.bias, ln_2.eps), **options)
             h, stats = epilogue.linear(f, mlp.c_proj.weight, mlp.c_proj.bias, self.tickets, residual=h, **options)
         return h
 
-    def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-        """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself
-        runs (not CUDA, rows outside MIN_ROWS..skinny_max_rows)."""
+    def _fused_gated_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                            mask: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The Llama family's layers for one decode step of h [B, hidden] -> [B, hidden] (epilogue.py): q, k and v
+        with input_layernorm in their prologue (the first layer's a kernel of its own), RoPE and the attention as
+        hidden() runs them, o_proj plus the residual, gate and up with post_attention_layernorm in their prologue
+        and SiLU-and-multiply, down_proj plus the residual."""
+        stats = None  # h's statistics, as the GEMM that wrote h left them
+        options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
+        for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
+            a, mlp, pre, post = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
+            x, norm = (pre(h), None) if stats is None else (h, _rms(stats, pre))
+            q, k, v = (t.view(h.shape[0], 1, -1) for t in self._qkv(a, x, norm))  # [B, 1, heads * head_dim]
+            q = self._rotate(q, cos, sin, getattr(a, "q_norm", None))
+            k = self._rotate(k, cos, sin, getattr(a, "k_norm", None))
+            attended = self._attend(q, k, v, positions, mask, cache, scale).view(h.shape[0], -1)
+            h, stats = epilogue.linear(attended, a.o_proj.weight.t(), a.o_proj.bias, self.tickets, residual=h,
+                                       **options)
+            gate, up = self._gate_up(mlp)
+            f, _ = epilogue.linear(h, gate, None, self.tickets, up=up, norm=_rms(stats, post), **options)
+            h, stats = epilogue.linear(f, mlp.down_proj.weight.t(), mlp.down_proj.bias, self.tickets, residual=h,
+                                       **options)
+        return h
+
+    def _gate_up(self, mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate's and up's weights [hidden, intermediate], views of the model's own: Phi-3's gate_up_proj in
+        halves, gate first, as Phi3MLP splits its output."""
+        if self.kind == "phi3":
+            return mlp.gate_up_proj.weight.t().chunk(2, dim=1)
+        return mlp.gate_proj.weight.t(), mlp.up_proj.weight.t()
+
+    def _partials(self, proj: nn.Module, x: torch.Tensor, norm: skinny.Norm | None = None) -> torch.Tensor | None:
+        """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias (of proj(norm(x)) with norm),
+        or None where the module itself runs (not CUDA, rows outside MIN_ROWS..skinny_max_rows)."""
         rows = x.reshape(-1, x.shape[-1])
         if not skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
+            if norm is not None:  # the module would skip the norm
+                raise ValueError("a norm folded into a projection needs skinny.py's kernel, not available here")
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
         return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl,
-                               self.skinny_max_splits, self.skinny_fp32)
+                               self.skinny_max_splits, self.skinny_fp32, norm)
 
-    def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""
-        parts = self._partials(proj, x)
+    def _project(self, proj: nn.Module, x: torch.Tensor, norm: skinny.Norm | None = None) -> torch.Tensor:
+        """proj(x) for GPT-2's Conv1D or nn.Linear, same weights; proj(norm(x)) with a folded norm."""
+        parts = self._partials(proj, x, norm)
         if parts is None:
             return proj(x)
         y = parts.sum(0).to(x.dtype)
@@ -276,12 +317,14 @@ class LeanModel(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, heads, T, head_dim]
 
-    def _qkv(self, a: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of a Llama-family attention: three projections, or Phi-3's one qkv_proj split as it splits it."""
+    def _qkv(self, a: nn.Module, x: torch.Tensor, norm: skinny.Norm | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of a Llama-family attention: three projections, or Phi-3's one qkv_proj split as it splits it;
+        of norm(x) with a folded norm."""
         if self.kind != "phi3":
-            return self._project(a.q_proj, x), self._project(a.k_proj, x), self._project(a.v_proj, x)
+            return tuple(self._project(p, x, norm) for p in (a.q_proj, a.k_proj, a.v_proj))
         q_width, kv_width = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        return self._project(a.qkv_proj, x).split([q_width, kv_width, kv_width], dim=-1)
+        return self._project(a.qkv_proj, x, norm).split([q_width, kv_width, kv_width], dim=-1)
 
     def _gated(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The MLP's act(gate) * up, before down_proj: Phi-3's one gate_up_proj split in halves, as Phi3MLP does."""
@@ -331,3 +374,8 @@ class LeanModel(nn.Module):
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # fp32, as the fused kernels accumulate
         out = (probs[..., None] * v_cache[:, :, None].float()).sum(-2)  # [B, kv, group, D]
         return out.view(b, heads, 1, d).to(k_cache.dtype)
+
+
+def _rms(stats: torch.Tensor, norm: nn.Module) -> skinny.Norm:
+    """A Llama-family RMSNorm module folded into the next projection, x's statistics in stats."""
+    return skinny.Norm(stats, norm.weight, None, norm.variance_epsilon, rms=True)

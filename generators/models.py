@@ -1,9 +1,9 @@
 """The models every benchmark and test uses: built from local configs with random weights, never downloaded.
 
-`gpt2-small` is the post's model (`GPT2Config()` defaults). The tiny ones are for CPU tests; `tiny-llama` has
-RoPE and grouped-query attention so nothing here is GPT-2-only, and the other tiny Llama-family models each add
-what their family adds (see their functions), so that the lean step is tested on every family it supports. Any
-directory holding a saved config (and optionally weights) works too.
+`gpt2-small` is the post's model (`GPT2Config()` defaults); `llama-110m` a Llama of its size. The tiny ones are
+for CPU tests; `tiny-llama` has RoPE and grouped-query attention so nothing here is GPT-2-only, and the other tiny
+Llama-family models each add what their family adds (see their functions), so that the lean step is tested on every
+family it supports. Any directory holding a saved config (and optionally weights) works too.
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ TINY_INIT = 0.3
 
 def _gpt2_small() -> GPT2LMHeadModel:
     return GPT2LMHeadModel(GPT2Config())
+
+
+def _llama_110m() -> LlamaForCausalLM:
+    # gpt-fast's stories110M shape (its ModelArgs for "stories110M"): a Llama 2 of GPT-2 small's width and depth,
+    # for timing the Llama family's lean step on a GPU.
+    return LlamaForCausalLM(LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                                        num_attention_heads=12, num_key_value_heads=12, vocab_size=32000,
+                                        max_position_embeddings=2048, rms_norm_eps=1e-5))
 
 
 def _tiny_gpt2() -> GPT2LMHeadModel:
@@ -97,8 +105,8 @@ def _tiny_phi3() -> Phi3ForCausalLM:
                                       pad_token_id=None))
 
 
-MODELS = {"gpt2-small": _gpt2_small, "tiny-gpt2": _tiny_gpt2, "tiny-llama": _tiny_llama, "tiny-mistral": _tiny_mistral,
-          "tiny-qwen2": _tiny_qwen2, "tiny-qwen3": _tiny_qwen3, "tiny-phi3": _tiny_phi3}
+MODELS = {"gpt2-small": _gpt2_small, "llama-110m": _llama_110m, "tiny-gpt2": _tiny_gpt2, "tiny-llama": _tiny_llama,
+          "tiny-mistral": _tiny_mistral, "tiny-qwen2": _tiny_qwen2, "tiny-qwen3": _tiny_qwen3, "tiny-phi3": _tiny_phi3}
 
 
 def build(

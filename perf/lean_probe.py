@@ -19,6 +19,7 @@ Each of these runs alone, instead of the above: --pdl, inductor's programmatic d
 (pdl_ab); --head, the LM head and argmax as cuBLAS + argmax against head_argmax.py (head_table); --gemm, the GEMM
 table alone; --skinny-sweep, skinny.py's launch configurations (skinny_sweep); --ab NAME..., lean_graph against each
 of LeanModel's variants (VARIANTS) in turn (variant_ab), with each arm's kernels per step unless --no-profile.
+The model is GPT-2 small; --ab, --pdl and --head take another (--model, e.g. llama-110m).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ VARIANTS = {"unfused_head": {"fused_head": False},  # cuBLAS's LM head, then arg
             "skinny_16": {"skinny_max_rows": 16}, "skinny_32": {"skinny_max_rows": 32},
             "tf32x3": {"skinny_fp32": "tf32x3", "skinny_max_rows": 16},  # fp32 as until 2026-12-01
             "unfused_qkv": {"fused_qkv": False},  # GPT-2's K/V writes and q as kernels of their own
-            "fused_epilogues": {"fused_epilogues": True},  # GPT-2's bias, GELU, residual and norms in the GEMMs
+            "fused_epilogues": {"fused_epilogues": True},  # bias, activation, residual and norms in the GEMMs
             "pdl": {"pdl": True}, "no_pdl": {"pdl": False},  # programmatic dependent launch: lean's and inductor's
             "gemv": {"skinny_min_rows": 1}, "no_gemv": {"skinny_min_rows": 2},  # one row through skinny.py or not
             "many_slabs": {"skinny_max_splits": skinny.UNCAPPED},  # skinny.plan's slabs uncapped, as before f9a6d5b
@@ -304,6 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--model", default="gpt2-small",
+                        help="a models.MODELS name or a local directory (not gpt2-small: --ab, --pdl or --head)")
     parser.add_argument("--out", default="out")
     parser.add_argument("--steps-per-graph", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler (kernel counts)")
@@ -320,8 +323,12 @@ def main() -> None:
             variant_cache(name)
         except ValueError as e:
             parser.error(str(e))
-    model = models.build("gpt2-small", dtype=args.dtype, device="cuda")
-    result = {"machine": bench.machine_info(torch.device("cuda")), "dtype": args.dtype, "rows": []}
+    if args.model != "gpt2-small" and not (args.ab or args.pdl or args.head):
+        parser.error(f"--model {args.model}: the GEMM tables and the default run read GPT-2's layers; "
+                     "other models go with --ab, --pdl or --head")
+    model = models.build(args.model, dtype=args.dtype, device="cuda")
+    result = {"machine": bench.machine_info(torch.device("cuda")), "model": args.model, "dtype": args.dtype,
+              "rows": []}
     for flag, probe in (("pdl", pdl_ab), ("head", head_table), ("gemm", gemm_table), ("skinny_sweep", skinny_sweep),
                         ("ab", variant_ab)):
         if getattr(args, flag):
@@ -332,7 +339,8 @@ def main() -> None:
                     result["rows"].append({"batch": batch, **row})  # gemm_table's and skinny_sweep's lack it
                     print(json.dumps(result["rows"][-1]), flush=True)
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / f"{flag}_{args.dtype}.json").write_text(json.dumps(result, indent=1))
+            model_tag = "" if args.model == "gpt2-small" else f"_{Path(args.model).name}"
+            (Path(args.out) / f"{flag}{model_tag}_{args.dtype}.json").write_text(json.dumps(result, indent=1))
             return
     for batch in args.batch:
         # Graph timings first: a profiler session can leave CUPTI attached, which slows later kernels.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from generators import EAGER, Generator, generate, loop, models
-from perf.lean_probe import VARIANTS, per_step, variant_cache
+from perf.lean_probe import VARIANTS, main, per_step, variant_cache
 
 
 def events(*named_us: tuple[str, float]) -> list[SimpleNamespace]:
@@ -52,3 +52,11 @@ def test_ab_variants_set_their_options_and_keep_naive_tokens(name: str, family: 
 def test_a_misspelt_variant_is_named() -> None:
     with pytest.raises(ValueError, match="'skinny_64' is not one of"):
         variant_cache("unfused_head+skinny_64")
+
+
+def test_another_model_goes_with_an_ab_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The GEMM tables read GPT-2's layers: another model without --ab, --pdl or --head is refused before any run."""
+    monkeypatch.setattr("sys.argv", ["lean_probe", "--model", "llama-110m"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "--model llama-110m: the GEMM tables" in capsys.readouterr().err
