@@ -1,10 +1,11 @@
-"""head_argmax.py: the LM head's greedy pick without the logits, as torch.argmax picks (CUDA, or Triton's
-interpreter)."""
+"""head_argmax.py: the LM head's greedy pick without the logits, as torch.argmax picks, the final norm folded in
+or not (CUDA, or Triton's interpreter)."""
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from generators import head_argmax
+from generators import head_argmax, skinny
 
 pytestmark = pytest.mark.usefixtures("needs_triton")
 
@@ -93,3 +94,32 @@ def test_lean_step_with_fused_head_picks_the_tokens_of_the_step_without(device: 
 
     assert torch.equal(run(True), run(False))
     assert len(calls) == 5  # every decode step went through the kernel
+
+
+def _block_stats(h: torch.Tensor, blocks: int) -> torch.Tensor:
+    """epilogue.py's statistics of h [M, K] over `blocks` column blocks: (sum, squared deviations, columns)."""
+    out = []
+    for part in h.float().chunk(blocks, dim=1):
+        mean = part.mean(1, keepdim=True)
+        out.append(torch.stack([part.sum(1), ((part - mean) ** 2).sum(1), torch.full_like(mean[:, 0], part.shape[1])],
+                               dim=-1))
+    return torch.stack(out)  # [blocks, M, 3]
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 96, 300), (7, 128, 257)])
+def test_the_final_norm_folds_into_the_prologue(device: torch.device, m: int, k: int, n: int, kind: str) -> None:
+    """With the final norm's statistics (three column blocks), the pick and its logit are those of the norm module's
+    output times the head: GPT-2's LayerNorm (ln_f) or the Llama family's RMSNorm."""
+    torch.manual_seed(0)
+    h, w = torch.randn(m, k, device=device) + 2.0, torch.randn(n, k, device=device)
+    module = (torch.nn.LayerNorm(k) if kind == "layer" else LlamaRMSNorm(k, eps=1e-6)).to(device)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_()
+    eps = module.eps if kind == "layer" else module.variance_epsilon
+    norm = skinny.Norm(_block_stats(h, 3), module.weight, getattr(module, "bias", None), eps, rms=kind == "rms")
+    best, _ = head_argmax.head_argmax_blocks(h, w, "ieee", False, *norm)
+    exact = module(h).double() @ w.double().T
+    torch.testing.assert_close(best.max(1).values.double(), exact.max(-1).values, rtol=1e-5, atol=1e-4)
+    assert torch.equal(head_argmax.head_argmax(h, w, norm=norm), exact.argmax(-1))

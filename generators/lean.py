@@ -179,16 +179,28 @@ class LeanModel(nn.Module):
 
     def pick(self, tokens: torch.Tensor, positions: torch.Tensor,
              caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """forward(...).argmax(-1), [B]: with fused_head, in one kernel that never writes the logits."""
-        h = self.hidden(tokens, positions, caches)
-        head = self.hf.lm_head
+        """forward(...).argmax(-1), [B]: with fused_head, in one kernel that never writes the logits, and where
+        fused_epilogues wrote the statistics, with the final norm in its prologue."""
+        h, stats = self._body(tokens, positions, caches)
+        head, final = self.hf.lm_head, self._final_norm()
         if self.fused_head and head.bias is None and head_argmax.available(h):
-            return head_argmax.head_argmax(h, head.weight, self.pdl)
-        return head(h).argmax(dim=-1)
+            if stats is not None:
+                return head_argmax.head_argmax(h, head.weight, self.pdl, _folded(stats, final))
+            return head_argmax.head_argmax(final(h), head.weight, self.pdl)
+        return head(final(h)).argmax(dim=-1)
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor,
                caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The last position's final hidden state [B, hidden], K/V written: what the LM head reads."""
+        return self._final_norm()(self._body(tokens, positions, caches)[0])
+
+    def _final_norm(self) -> nn.Module:
+        return self.hf.transformer.ln_f if self.kind == "gpt2" else self.hf.model.norm
+
+    def _body(self, tokens: torch.Tensor, positions: torch.Tensor,
+              caches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last position's hidden state [B, hidden] before the final norm, K/V written; and its statistics
+        [blocks, B, 3] where epilogue.py's last GEMM wrote it (fused_epilogues), else None."""
         max_len = caches[0][0].shape[2]
         # [T, L]: position t may attend to cache slots <= its own position. Built once for all layers.
         mask = torch.arange(max_len, device=tokens.device)[None, :] <= positions[:, None]
@@ -198,7 +210,7 @@ class LeanModel(nn.Module):
             fused = self.fused_qkv and tokens.shape[1] == 1 and flash_decode.available(h)
             rows = h.view(-1, h.shape[-1])  # one token a row; epilogue.py's GEMMs are skinny.py's, as are its rows
             if fused and self.fused_epilogues and skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
-                return t.ln_f(self._fused_layers(rows, positions, caches))
+                return self._fused_layers(rows, positions, caches)
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a, mlp = layer.attn, layer.mlp
                 x = layer.ln_1(h)
@@ -208,7 +220,6 @@ class LeanModel(nn.Module):
                     attended = self._attend(*self._project(a.c_attn, x).chunk(3, dim=-1), positions, mask, cache, scale)
                 h = h + self._project(a.c_proj, attended)
                 h = h + self._project(mlp.c_proj, mlp.act(self._project(mlp.c_fc, layer.ln_2(h))))
-            h = t.ln_f(h[:, -1])
         else:
             m = self.hf.model
             h = m.embed_tokens(tokens)
@@ -216,7 +227,7 @@ class LeanModel(nn.Module):
             rows = h.view(-1, h.shape[-1])
             if (self.fused_epilogues and tokens.shape[1] == 1
                     and skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows)):
-                return m.norm(self._fused_gated_layers(rows, cos, sin, positions, mask, caches))
+                return self._fused_gated_layers(rows, cos, sin, positions, mask, caches)
             for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
                 a = layer.self_attn
                 q, k, v = self._qkv(a, layer.input_layernorm(h))  # [B, T, heads * head_dim] each
@@ -224,31 +235,32 @@ class LeanModel(nn.Module):
                 k = self._rotate(k, cos, sin, getattr(a, "k_norm", None))
                 h = h + self._project(a.o_proj, self._attend(q, k, v, positions, mask, cache, scale))
                 h = h + self._project(layer.mlp.down_proj, self._gated(layer.mlp, layer.post_attention_layernorm(h)))
-            h = m.norm(h[:, -1])
-        return h
+        return h[:, -1], None
 
-    def _fused_layers(self, h: torch.Tensor, positions: torch.Tensor,
-                      caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """GPT-2's layers for one decode step of h [B, hidden] -> [B, hidden], each in five kernels (epilogue.py):
-        c_attn with ln_1 in its prologue (the first layer's ln_1 a kernel of its own), the attention, c_proj plus
-        the residual, c_fc with ln_2 in its prologue and GELU, c_proj plus the residual."""
+    def _fused_layers(self, h: torch.Tensor, positions: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GPT-2's layers for one decode step of h [B, hidden] -> ([B, hidden], its statistics), each in five kernels
+        (epilogue.py): c_attn with ln_1 in its prologue (the first layer's ln_1 a kernel of its own), the attention,
+        c_proj plus the residual, c_fc with ln_2 in its prologue and GELU, c_proj plus the residual."""
         stats = None  # h's LayerNorm statistics, as the GEMM that wrote h left them
         options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, ln_1, ln_2 = layer.attn, layer.mlp, layer.ln_1, layer.ln_2
-            x, norm = (ln_1(h), None) if stats is None else (h, skinny.Norm(stats, ln_1.weight, ln_1.bias, ln_1.eps))
+            x, norm = (ln_1(h), None) if stats is None else (h, _folded(stats, ln_1))
             parts = skinny.partials(x, a.c_attn.weight, norm=norm, **options)
             attended = flash_decode.decode_attention_qkv(parts, a.c_attn.bias, *cache, positions, scale, self.pdl)
             attended = attended.transpose(1, 2).reshape(h.shape[0], -1)
             h, stats = epilogue.linear(attended, a.c_proj.weight, a.c_proj.bias, self.tickets, residual=h, **options)
             f, _ = epilogue.linear(h, mlp.c_fc.weight, mlp.c_fc.bias, self.tickets, gelu=True,
-                                   norm=skinny.Norm(stats, ln_2.weight, ln_2.bias, ln_2.eps), **options)
+                                   norm=_folded(stats, ln_2), **options)
             h, stats = epilogue.linear(f, mlp.c_proj.weight, mlp.c_proj.bias, self.tickets, residual=h, **options)
-        return h
+        return h, stats
 
     def _fused_gated_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                            mask: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """The Llama family's layers for one decode step of h [B, hidden] -> [B, hidden] (epilogue.py): q, k and v
+                            mask: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Llama family's layers for one decode step of h [B, hidden] -> ([B, hidden], its statistics)
+        (epilogue.py): q, k and v
         with input_layernorm in their prologue (the first layer's a kernel of its own), RoPE and the attention as
         hidden() runs them, o_proj plus the residual, gate and up with post_attention_layernorm in their prologue
         and SiLU-and-multiply, down_proj plus the residual."""
@@ -256,7 +268,7 @@ class LeanModel(nn.Module):
         options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, pre, post = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-            x, norm = (pre(h), None) if stats is None else (h, _rms(stats, pre))
+            x, norm = (pre(h), None) if stats is None else (h, _folded(stats, pre))
             q, k, v = (t.view(h.shape[0], 1, -1) for t in self._qkv(a, x, norm))  # [B, 1, heads * head_dim]
             q = self._rotate(q, cos, sin, getattr(a, "q_norm", None))
             k = self._rotate(k, cos, sin, getattr(a, "k_norm", None))
@@ -264,10 +276,10 @@ class LeanModel(nn.Module):
             h, stats = epilogue.linear(attended, a.o_proj.weight.t(), a.o_proj.bias, self.tickets, residual=h,
                                        **options)
             gate, up = self._gate_up(mlp)
-            f, _ = epilogue.linear(h, gate, None, self.tickets, up=up, norm=_rms(stats, post), **options)
+            f, _ = epilogue.linear(h, gate, None, self.tickets, up=up, norm=_folded(stats, post), **options)
             h, stats = epilogue.linear(f, mlp.down_proj.weight.t(), mlp.down_proj.bias, self.tickets, residual=h,
                                        **options)
-        return h
+        return h, stats
 
     def _gate_up(self, mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The gate's and up's weights [hidden, intermediate], views of the model's own: Phi-3's gate_up_proj in
@@ -376,6 +388,9 @@ class LeanModel(nn.Module):
         return out.view(b, heads, 1, d).to(k_cache.dtype)
 
 
-def _rms(stats: torch.Tensor, norm: nn.Module) -> skinny.Norm:
-    """A Llama-family RMSNorm module folded into the next projection, x's statistics in stats."""
+def _folded(stats: torch.Tensor, norm: nn.Module) -> skinny.Norm:
+    """A norm module folded into the next kernel's prologue, its input's statistics in stats: GPT-2's LayerNorm, or
+    the Llama family's RMSNorm (LlamaRMSNorm's arithmetic, its variance_epsilon, no bias)."""
+    if isinstance(norm, nn.LayerNorm):
+        return skinny.Norm(stats, norm.weight, norm.bias, norm.eps)
     return skinny.Norm(stats, norm.weight, None, norm.variance_epsilon, rms=True)

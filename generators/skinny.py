@@ -237,11 +237,22 @@ class Norm(NamedTuple):
 NO_NORM = (None, None, None, 0.0, False)  # a custom op's flat norm arguments where there is none
 
 
+def norm_args(x: torch.Tensor, norm: Norm | None) -> tuple:
+    """A kernel's (stats, weight, bias, eps) arguments for the folded norm: x where NORM reads no tensor."""
+    stats, g, b, eps = (x, x, x, 0.0) if norm is None else norm[:4]
+    return stats, g, x if b is None else b, eps
+
+
+def norm_constexprs(norm: Norm | None) -> dict[str, object]:
+    """A kernel's NORM ("", "layer" or "rms") and STAT_BLOCKS for the folded norm."""
+    return {"NORM": "" if norm is None else "rms" if norm.rms else "layer",
+            "STAT_BLOCKS": 0 if norm is None else norm.stats.shape[0]}
+
+
 def kernel_args(x: torch.Tensor, w: torch.Tensor, norm: Norm | None) -> tuple:
     """The arguments every kernel over _slab_dot takes first: x, W, their shapes and strides, the folded norm."""
     (m, k), n = x.shape, w.shape[1]
-    stats, g, b, eps = (x, x, x, 0.0) if norm is None else norm[:4]  # pointers NORM does not read: any tensor
-    return x, w, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1), stats, g, x if b is None else b, eps
+    return x, w, m, n, k, x.stride(0), x.stride(1), w.stride(0), w.stride(1), *norm_args(x, norm)
 
 
 def constexprs(x: torch.Tensor, fp32: str, block_n: int, per_split: int, block_k: int, whole_slab: bool, pdl: bool,
@@ -250,8 +261,7 @@ def constexprs(x: torch.Tensor, fp32: str, block_n: int, per_split: int, block_k
     m = x.shape[0]
     return dict(K_PER_SPLIT=per_split, BLOCK_M=1 if m == 1 else max(16, triton.next_power_of_2(m)), BLOCK_N=block_n,
                 BLOCK_K=block_k, **dot_args(fp32 if x.dtype == torch.float32 else "ieee"), WHOLE_SLAB=whole_slab,
-                PDL=pdl, NORM="" if norm is None else "rms" if norm.rms else "layer",
-                STAT_BLOCKS=0 if norm is None else norm.stats.shape[0])
+                PDL=pdl, **norm_constexprs(norm))
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block_n: int, per_split: int, *,
