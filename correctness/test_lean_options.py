@@ -22,10 +22,12 @@ def test_fused_head_skinny_rows_and_slabs_by_default(dtype: str) -> None:
 
 def test_fused_epilogues_where_asked_and_the_activation_is_a_tanh_gelu() -> None:
     """Off by default (not yet measured on a GPU); asked for, on for GPT-2's "gelu_new", which epilogue.py applies,
-    and off, not wrong, for an activation it does not (the step then runs the model's own module)."""
+    and off, not wrong, without fused_qkv's attention or for an activation it does not apply (the step then runs the
+    model's own modules)."""
     model = build("tiny-gpt2", dtype="float32")
     assert not LeanModel(model).fused_epilogues
     assert model.config.activation_function == "gelu_new" and LeanModel(model, fused_epilogues=True).fused_epilogues
+    assert not LeanModel(model, fused_epilogues=True, fused_qkv=False).fused_epilogues  # its layers need fused_qkv's
     model.config.activation_function = "relu"
     assert not LeanModel(model, fused_epilogues=True).fused_epilogues
 

@@ -117,7 +117,8 @@ class LeanModel(nn.Module):
             self.layers = model.transformer.h
             self.scales = [(self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
                            / (i + 1 if config.scale_attn_by_inverse_layer_idx else 1) for i in range(len(self.layers))]
-            self.fused_epilogues &= config.activation_function in epilogue.GELU_TANH
+            # the fused layers attend with fused_qkv's kernel, and apply a tanh GELU only
+            self.fused_epilogues &= fused_qkv and config.activation_function in epilogue.GELU_TANH
         else:
             attn = model.model.layers[0].self_attn
             self.head_dim = attn.head_dim  # the module's own: Qwen3 and Mistral may set head_dim in the config
