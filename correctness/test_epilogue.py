@@ -190,20 +190,28 @@ def test_lean_step_with_fused_epilogues_is_the_unfused_step(device: torch.device
 
 @pytest.mark.gpu
 @pytest.mark.usefixtures("needs_triton")
-def test_replayed_graph_finds_its_tickets_zeroed(device: torch.device) -> None:
-    """A CUDA graph of three chained GEMMs on one ticket buffer (the step's c_proj, c_fc, c_proj), replayed: each
-    replay the first's output, as the GEMMs leave every counter at zero for the next."""
+@pytest.mark.parametrize("mlp", ["gelu", "gated"])
+def test_replayed_graph_finds_its_tickets_zeroed(device: torch.device, mlp: str) -> None:
+    """A CUDA graph of three chained GEMMs on one ticket buffer (the step's c_proj, c_fc, c_proj; or o_proj, gate and
+    up, down_proj), replayed: each replay the first's output, as the GEMMs leave every counter at zero for the
+    next."""
     from generators.execution import capture  # noqa: PLC0415
 
     x, w, bias, _ = _inputs(device, 32, 768, 768)
     _, w_up, bias_up, _ = _inputs(device, 32, 768, 3072)
     _, w_down, bias_down, _ = _inputs(device, 32, 3072, 768)
+    w_gate = w_up.flip(0)  # another weight of up's shape and strides
     ticket, outputs = epilogue.tickets(device), []
     g, b = torch.ones(768, device=device), torch.zeros(768, device=device)
 
     def step() -> None:
         h, stats = epilogue.linear(x, w, bias, ticket, residual=x, pdl=hopper(device))
-        f, _ = epilogue.linear(h, w_up, bias_up, ticket, gelu=True, norm=(stats, g, b, 1e-5), pdl=hopper(device))
+        if mlp == "gelu":
+            f, _ = epilogue.linear(h, w_up, bias_up, ticket, gelu=True, norm=skinny.Norm(stats, g, b, 1e-5),
+                                   pdl=hopper(device))
+        else:
+            f, _ = epilogue.linear(h, w_gate, None, ticket, up=w_up, pdl=hopper(device),
+                                   norm=skinny.Norm(stats, g, None, 1e-5, rms=True))
         outputs.append(epilogue.linear(f, w_down, bias_down, ticket, residual=h, pdl=hopper(device))[0])
 
     graph = capture(step)
