@@ -55,8 +55,8 @@ def compiled(kernel: object, args: tuple, kwargs: dict) -> object:
 
 def lean_launches(dtype: torch.dtype, rows: int) -> None:
     """One call of every kernel a lean step can launch, at GPT-2 small's and llama-110m's shapes: skinny.py's GEMM
-    plain and with each norm folded in, epilogue.py's with each epilogue, the LM head with each final norm, and both
-    attention kernels."""
+    plain, with each norm folded in, and q, k and v stacked; epilogue.py's with each epilogue, the LM head with each
+    final norm, and both attention kernels."""
     hidden, vocab, heads, length = 768, 32000, 12, 128
 
     def randn(*shape: int) -> torch.Tensor:
@@ -69,6 +69,8 @@ def lean_launches(dtype: torch.dtype, rows: int) -> None:
     for norm in (None, layer, rms):
         skinny.partials(x, randn(hidden, 3 * hidden), pdl=True, norm=norm)
         head_argmax.head_argmax(x, randn(vocab, hidden), pdl=True, norm=norm)
+    q, k, v = (randn(n, hidden).t() for n in (hidden, 256, 256))  # nn.Linear's, read transposed; GQA's narrower k, v
+    skinny.partials(x, q, pdl=True, norm=rms, stacked=(k, v))
     epilogue.linear(randn(rows, 4 * hidden), randn(4 * hidden, hidden), zeros, tickets, residual=x, pdl=True)
     epilogue.linear(x, randn(hidden, 4 * hidden), randn(4 * hidden), tickets, gelu=True, norm=layer, pdl=True)
     gate_up = randn(hidden, 2 * 2048)  # Phi-3's gate_up_proj halves: strided views, as Llama's two weights read
@@ -91,6 +93,6 @@ def test_every_lean_kernel_compiles_for_hopper(dtype: torch.dtype, rows: int, mo
     monkeypatch.setattr(skinny, "sm_count", lambda device: 132)  # an H200's plan
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # fp32 in rounded TF32, as the lean step
     lean_launches(dtype, rows)
-    assert len(launches) == 11  # 3 GEMMs, 3 heads, 3 epilogues, 2 attentions
+    assert len(launches) == 12  # 4 GEMMs, 3 heads, 3 epilogues, 2 attentions
     for kernel, args, kwargs in launches:
         assert compiled(kernel, args, kwargs).asm["cubin"], kernel.__name__

@@ -64,6 +64,30 @@ def _tf32_rounded(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.usefixtures("needs_triton")
+@pytest.mark.parametrize("widths", [(768, 768, 768), (64, 24, 24), (128, 64, 64)])  # Llama's, Mistral's ragged
+@pytest.mark.parametrize("m", [1, 5, 32])
+def test_stacked_weights_are_their_products_side_by_side(device: torch.device, m: int,
+                                                          widths: tuple[int, int, int]) -> None:
+    """q, k and v's weights (nn.Linear's, read transposed) in one launch: the partial sums add up to x @ [wq | wk |
+    wv], each weight's columns where its own product would put them, also where a column block would straddle two
+    weights (24 columns, blocks of 32)."""
+    torch.manual_seed(0)
+    k = widths[0] if widths[0] == 768 else 64
+    x = torch.randn(m, k, device=device)
+    wq, wk, wv = (torch.randn(n, k, device=device).t() for n in widths)
+    parts = skinny.partials(x, wq, pdl=hopper(device), fp32="ieee", stacked=(wk, wv))
+    want = (x.double() @ torch.cat([wq, wk, wv], dim=1).double()).float()
+    torch.testing.assert_close(parts.sum(0), want, rtol=1e-4, atol=1e-3)
+
+
+def test_stacked_weights_unlike_w_are_named(device: torch.device) -> None:
+    x, w = torch.randn(2, 64, device=device), torch.randn(32, 64, device=device).t()
+    for stacked in ((w,), (w, w.contiguous()), (w, torch.randn(32, 48, device=device).t())):
+        with pytest.raises(ValueError, match="stacked must be two weights"):
+            skinny.partials(x, w, stacked=stacked)
+
+
+@pytest.mark.usefixtures("needs_triton")
 def test_fp32_takes_rounded_tf32_products(device: torch.device) -> None:
     """fp32 under TF32 multiplies inputs rounded to TF32 (one product, as cuBLAS rounds them): the sums of the rounded
     inputs' products, not of the inputs' own."""

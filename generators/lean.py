@@ -261,16 +261,15 @@ class LeanModel(nn.Module):
                             mask: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """The Llama family's layers for one decode step of h [B, hidden] -> ([B, hidden], its statistics)
-        (epilogue.py): q, k and v
-        with input_layernorm in their prologue (the first layer's a kernel of its own), RoPE and the attention as
-        hidden() runs them, o_proj plus the residual, gate and up with post_attention_layernorm in their prologue
-        and SiLU-and-multiply, down_proj plus the residual."""
+        (epilogue.py): q, k and v in one GEMM with input_layernorm in its prologue (the first layer's a kernel of its
+        own), RoPE and the attention as hidden() runs them, o_proj plus the residual, gate and up with
+        post_attention_layernorm in their prologue and SiLU-and-multiply, down_proj plus the residual."""
         stats = None  # h's statistics, as the GEMM that wrote h left them
         options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, pre, post = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
             x, norm = (pre(h), None) if stats is None else (h, _folded(stats, pre))
-            q, k, v = (t.view(h.shape[0], 1, -1) for t in self._qkv(a, x, norm))  # [B, 1, heads * head_dim]
+            q, k, v = (t.view(h.shape[0], 1, -1) for t in self._stacked_qkv(a, x, norm))  # [B, 1, heads * D]
             q = self._rotate(q, cos, sin, getattr(a, "q_norm", None))
             k = self._rotate(k, cos, sin, getattr(a, "k_norm", None))
             attended = self._attend(q, k, v, positions, mask, cache, scale).view(h.shape[0], -1)
@@ -282,6 +281,22 @@ class LeanModel(nn.Module):
                                        **options)
         return h, stats
 
+    def _stacked_qkv(self, a: nn.Module, x: torch.Tensor, norm: skinny.Norm | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """_qkv(a, norm(x)) for rows x [B, hidden] in one skinny.py launch: q_proj's, k_proj's and v_proj's weights
+        side by side (Phi-3's qkv_proj already is), each one's bias added after the sum, as _project adds it."""
+        projections = (a.qkv_proj,) if self.kind == "phi3" else (a.q_proj, a.k_proj, a.v_proj)
+        weights = [p.weight.t() for p in projections]  # [hidden, width] views of nn.Linear's own
+        parts = skinny.partials(x, weights[0], self.pdl, self.skinny_max_splits, self.skinny_fp32, norm,
+                                stacked=tuple(weights[1:]))
+        y = parts.sum(0).to(x.dtype)
+        widths = [self.n_head * self.head_dim] + [self.n_kv_head * self.head_dim] * 2
+        biases = [p.bias for p in projections]
+        if len(biases) == 1:
+            biases = [None] * 3 if biases[0] is None else biases[0].split(widths)
+        return tuple(part if bias is None else part + bias
+                     for part, bias in zip(y.split(widths, dim=-1), biases, strict=True))
+
     def _gate_up(self, mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The gate's and up's weights [hidden, intermediate], views of the model's own: Phi-3's gate_up_proj in
         halves, gate first, as Phi3MLP splits its output."""
@@ -289,21 +304,19 @@ class LeanModel(nn.Module):
             return mlp.gate_up_proj.weight.t().chunk(2, dim=1)
         return mlp.gate_proj.weight.t(), mlp.up_proj.weight.t()
 
-    def _partials(self, proj: nn.Module, x: torch.Tensor, norm: skinny.Norm | None = None) -> torch.Tensor | None:
-        """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias (of proj(norm(x)) with norm),
-        or None where the module itself runs (not CUDA, rows outside MIN_ROWS..skinny_max_rows)."""
+    def _partials(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """skinny.py's fp32 partial sums [S, rows, out] of proj(x) without its bias, or None where the module itself
+        runs (not CUDA, rows outside MIN_ROWS..skinny_max_rows)."""
         rows = x.reshape(-1, x.shape[-1])
         if not skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
-            if norm is not None:  # the module would skip the norm
-                raise ValueError("a norm folded into a projection needs skinny.py's kernel, not available here")
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
         return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl,
-                               self.skinny_max_splits, self.skinny_fp32, norm)
+                               self.skinny_max_splits, self.skinny_fp32)
 
-    def _project(self, proj: nn.Module, x: torch.Tensor, norm: skinny.Norm | None = None) -> torch.Tensor:
-        """proj(x) for GPT-2's Conv1D or nn.Linear, same weights; proj(norm(x)) with a folded norm."""
-        parts = self._partials(proj, x, norm)
+    def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""
+        parts = self._partials(proj, x)
         if parts is None:
             return proj(x)
         y = parts.sum(0).to(x.dtype)
@@ -330,14 +343,12 @@ class LeanModel(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, heads, T, head_dim]
 
-    def _qkv(self, a: nn.Module, x: torch.Tensor, norm: skinny.Norm | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of a Llama-family attention: three projections, or Phi-3's one qkv_proj split as it splits it;
-        of norm(x) with a folded norm."""
+    def _qkv(self, a: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of a Llama-family attention: three projections, or Phi-3's one qkv_proj split as it splits it."""
         if self.kind != "phi3":
-            return tuple(self._project(p, x, norm) for p in (a.q_proj, a.k_proj, a.v_proj))
+            return self._project(a.q_proj, x), self._project(a.k_proj, x), self._project(a.v_proj, x)
         q_width, kv_width = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        return self._project(a.qkv_proj, x, norm).split([q_width, kv_width, kv_width], dim=-1)
+        return self._project(a.qkv_proj, x).split([q_width, kv_width, kv_width], dim=-1)
 
     def _gated(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The MLP's act(gate) * up, before down_proj: Phi-3's one gate_up_proj split in halves, as Phi3MLP does."""

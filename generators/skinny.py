@@ -175,19 +175,27 @@ if triton is not None:
 
     @triton.jit
     def _partials_kernel(x_ptr, w_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn,
-                         stats_ptr, g_ptr, b_ptr, eps, out_ptr,
+                         stats_ptr, g_ptr, b_ptr, eps, out_ptr, w2_ptr, w3_ptr, N2, N3,
                          K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ROUND: tl.constexpr,
                          WHOLE_SLAB: tl.constexpr, PDL: tl.constexpr, NORM: tl.constexpr,
-                         STAT_BLOCKS: tl.constexpr):
+                         STAT_BLOCKS: tl.constexpr, STACKED: tl.constexpr):
         pid_n, split = tl.program_id(0), tl.program_id(1)
-        acc = _slab_dot(x_ptr, w_ptr, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn, pid_n, split,
+        w, n, col0, block, width = w_ptr, N, 0, pid_n, N
+        if STACKED:  # three weights' products side by side in out (q, k, v): w's column blocks, w2's, w3's
+            width, col0 = N + N2 + N3, N * 0
+            first, second = tl.cdiv(N, BLOCK_N), tl.cdiv(N2, BLOCK_N)
+            if pid_n >= first + second:
+                w, n, col0, block = w3_ptr, N3, N + N2, pid_n - first - second
+            elif pid_n >= first:
+                w, n, col0, block = w2_ptr, N2, N, pid_n - first
+        acc = _slab_dot(x_ptr, w, M, n, K, stride_xm, stride_xk, stride_wk, stride_wn, block, split,
                         stats_ptr, g_ptr, b_ptr, eps, K_PER_SPLIT, BLOCK_M, BLOCK_N, BLOCK_K,
                         PRECISION, ROUND, WHOLE_SLAB, PDL, NORM, STAT_BLOCKS)
         rows = tl.arange(0, BLOCK_M)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        tl.store(out_ptr + split * M * N + rows[:, None] * N + cols[None, :], acc,
-                 mask=(rows[:, None] < M) & (cols[None, :] < N))
+        cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(out_ptr + split * M * width + rows[:, None] * width + col0 + cols[None, :], acc,
+                 mask=(rows[:, None] < M) & (cols[None, :] < n))
 
 
 @functools.cache
@@ -266,14 +274,19 @@ def constexprs(x: torch.Tensor, fp32: str, block_n: int, per_split: int, block_k
 
 def launch(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, fp32: str, block_n: int, per_split: int, *,
            block_k: int = BLOCK_K, num_warps: int = 4, num_stages: int = 3, pdl: bool = False,
-           whole_slab: bool = False, norm: Norm | None = None) -> None:
+           whole_slab: bool = False, norm: Norm | None = None, stacked: tuple[torch.Tensor, ...] = ()) -> None:
     """The kernel into out [S, M, N], S = out.shape[0] slabs of per_split rows of K each, fp32 inputs multiplied
     with `fp32` ("ieee", "tf32x3" or ROUNDED). pdl: launched as a programmatic dependent launch (Hopper; CUDA only,
     Triton's interpreter runs without). whole_slab: a program's slab of W read as one tile, before it waits for the
-    kernel before (plan(whole_slab=True)'s slabs). norm: x is that norm's input, normalised in the kernel."""
+    kernel before (plan(whole_slab=True)'s slabs). norm: x is that norm's input, normalised in the kernel. stacked:
+    two more weights like w, whose products follow w's in out's columns."""
     pdl = pdl and x.is_cuda
-    _partials_kernel[(triton.cdiv(w.shape[1], block_n), out.shape[0])](
-        *kernel_args(x, w, norm), out, **constexprs(x, fp32, block_n, per_split, block_k, whole_slab, pdl, norm),
+    w2, w3 = stacked or (w, w)
+    widths = (w.shape[1], *(t.shape[1] for t in stacked))
+    blocks = sum(triton.cdiv(n, block_n) for n in widths)
+    _partials_kernel[(blocks, out.shape[0])](
+        *kernel_args(x, w, norm), out, w2, w3, *(widths[1:] if stacked else (0, 0)),
+        **constexprs(x, fp32, block_n, per_split, block_k, whole_slab, pdl, norm), STACKED=bool(stacked),
         num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl)
 
 
@@ -287,30 +300,45 @@ def whole_slab(x: torch.Tensor, pdl: bool) -> bool:
 @torch.library.custom_op("decode_gate::skinny_partials", mutates_args=())
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False, max_splits: int = MAX_SPLITS,
                     stats: torch.Tensor | None = None, norm_w: torch.Tensor | None = None,
-                    norm_b: torch.Tensor | None = None, eps: float = 0.0, rms: bool = False) -> torch.Tensor:
+                    norm_b: torch.Tensor | None = None, eps: float = 0.0, rms: bool = False,
+                    w2: torch.Tensor | None = None, w3: torch.Tensor | None = None) -> torch.Tensor:
     """[S, M, N] fp32 partial sums of x @ w over S <= max_splits slabs of K (see the module docstring); with stats,
-    of LayerNorm(x) (weight norm_w, bias norm_b, eps), or with rms of RMSNorm(x), x's statistics in stats (Norm)."""
-    (m, k), n = x.shape, w.shape[1]
+    of LayerNorm(x) (weight norm_w, bias norm_b, eps), or with rms of RMSNorm(x), x's statistics in stats (Norm);
+    with w2 and w3, of x @ [w | w2 | w3] (N their widths' sum)."""
+    (m, k), n = x.shape, _width(w, w2, w3)
     slab = whole_slab(x, pdl)
     block_n, splits, per_split = plan(m, n, k, sm_count(x.device), whole_slab=slab, max_splits=max_splits)
     out = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
     launch(x, w, out, fp32, block_n, per_split, pdl=pdl, whole_slab=slab,
-           norm=Norm.of(stats, norm_w, norm_b, eps, rms))
+           norm=Norm.of(stats, norm_w, norm_b, eps, rms), stacked=() if w2 is None else (w2, w3))
     return out
 
 
 @skinny_partials.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, fp32: str, pdl: bool = False, max_splits: int = MAX_SPLITS,
       stats: torch.Tensor | None = None, norm_w: torch.Tensor | None = None, norm_b: torch.Tensor | None = None,
-      eps: float = 0.0, rms: bool = False) -> torch.Tensor:
-    (m, k), n = x.shape, w.shape[1]
+      eps: float = 0.0, rms: bool = False, w2: torch.Tensor | None = None, w3: torch.Tensor | None = None
+      ) -> torch.Tensor:
+    (m, k), n = x.shape, _width(w, w2, w3)
     _, splits, _ = plan(m, n, k, sm_count(x.device), whole_slab=whole_slab(x, pdl), max_splits=max_splits)
     return x.new_empty((splits, m, n), dtype=torch.float32)
 
 
+def _width(*weights: torch.Tensor | None) -> int:
+    return sum(w.shape[1] for w in weights if w is not None)
+
+
 def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: int = MAX_SPLITS,
-             fp32: str = FP32_PRECISION, norm: Norm | None = None) -> torch.Tensor:
+             fp32: str = FP32_PRECISION, norm: Norm | None = None, stacked: tuple[torch.Tensor, ...] = ()
+             ) -> torch.Tensor:
     """skinny_partials of x [M, K] @ w [K, N] (any strides), fp32 inputs multiplied with `fp32` (FP32_PRECISION, or
     another of tl.dot's input precisions) exactly when torch's own fp32 matmuls use TF32, else in full fp32 ("ieee");
-    with norm, of that norm of x."""
-    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits, *(Norm(*norm) if norm else NO_NORM))
+    with norm, of that norm of x; with stacked, two more weights [K, N_i] like w, of x @ [w | stacked...] in one
+    launch (a Llama layer's q, k and v)."""
+    if stacked and (len(stacked) != 2 or any(t.shape[0] != w.shape[0] or t.stride() != w.stride()
+                                             or t.dtype != w.dtype for t in stacked)):
+        raise ValueError(f"partials: stacked must be two weights [{w.shape[0]}, N] with w's strides "
+                         f"{list(w.stride())} and dtype {w.dtype}, got "
+                         f"{[(list(t.shape), list(t.stride()), t.dtype) for t in stacked]}")
+    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits, *(Norm(*norm) if norm else NO_NORM),
+                           *(stacked or (None, None)))
