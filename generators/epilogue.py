@@ -6,8 +6,9 @@ Why: a lean fp32 GPT-2 step at b=32 ran 100 kernels on an H200, 37 of them induc
 bias, GELU (12), the residual add and the LayerNorms (25): ~1.7 us each, plus its gap (3d672d7, perf/RESULTS.md
 "Kernels per step"). Here 35 of them go into the GEMMs, and a layer is five kernels: c_attn (ln_1 in its
 prologue), the attention (flash_decode.py), c_proj with the residual, c_fc (ln_2 in its prologue) with GELU, c_proj
-with the residual. A Llama-family layer likewise: q, k and v (RMSNorm in their prologue), RoPE and the attention,
-o_proj with the residual, gate and up with SiLU-and-multiply (RMSNorm in the prologue), down_proj with the residual.
+with the residual. A Llama-family layer likewise: q, k and v in one GEMM (skinny.py's stacked weights, RMSNorm in
+its prologue), RoPE and the attention, o_proj with the residual, gate and up with SiLU-and-multiply (RMSNorm in the
+prologue), down_proj with the residual.
 
 How a GEMM sums its own slabs: every program writes its fp32 partial sum as skinny.py's does, then takes a ticket
 from its column block's counter; the last of the block's S programs to arrive adds the S partial sums in slab order
