@@ -180,4 +180,4 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, ticket: 
     if norm is not None and (norm.bias is None) != norm.rms:
         raise ValueError("linear: norm's bias must be given for a LayerNorm and None for an RMSNorm (rms)")
     return skinny_linear(x, w, bias, residual, up, ticket, gelu, skinny.matmul_precision(fp32), pdl, max_splits,
-                         *(norm or skinny.NO_NORM))
+                         *skinny.flat_norm(norm))

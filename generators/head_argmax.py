@@ -116,6 +116,5 @@ def head_argmax(h: torch.Tensor, w: torch.Tensor, pdl: bool = False, norm: skinn
                 ) -> torch.Tensor:
     """argmax(h @ w.T, dim=-1) for h [M, K] and an nn.Linear weight w [N, K] (K contiguous): [M] int64; with norm,
     argmax(norm(h) @ w.T)."""
-    flat = skinny.Norm(*norm) if norm else skinny.NO_NORM
-    best, first = head_argmax_blocks(h, w, skinny.matmul_precision(), pdl, *flat)
+    best, first = head_argmax_blocks(h, w, skinny.matmul_precision(), pdl, *skinny.flat_norm(norm))
     return first.gather(1, best.argmax(dim=1, keepdim=True)).squeeze(1)  # argmax: the first block with the max

@@ -243,8 +243,7 @@ class LeanModel(nn.Module):
         """GPT-2's layers for one decode step of h [B, hidden] -> ([B, hidden], its statistics), each in five kernels
         (epilogue.py): c_attn with ln_1 in its prologue (the first layer's ln_1 a kernel of its own), the attention,
         c_proj plus the residual, c_fc with ln_2 in its prologue and GELU, c_proj plus the residual."""
-        stats = None  # h's LayerNorm statistics, as the GEMM that wrote h left them
-        options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
+        stats, options = None, self._skinny_options()  # stats: h's, as the GEMM that wrote h left them
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, ln_1, ln_2 = layer.attn, layer.mlp, layer.ln_1, layer.ln_2
             x, norm = (ln_1(h), None) if stats is None else (h, _folded(stats, ln_1))
@@ -264,8 +263,7 @@ class LeanModel(nn.Module):
         (epilogue.py): q, k and v in one GEMM with input_layernorm in its prologue (the first layer's a kernel of its
         own), RoPE and the attention as hidden() runs them, o_proj plus the residual, gate and up with
         post_attention_layernorm in their prologue and SiLU-and-multiply, down_proj plus the residual."""
-        stats = None  # h's statistics, as the GEMM that wrote h left them
-        options = {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
+        stats, options = None, self._skinny_options()  # stats: h's, as the GEMM that wrote h left them
         for layer, scale, cache in zip(self.layers, self.scales, caches, strict=True):
             a, mlp, pre, post = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
             x, norm = (pre(h), None) if stats is None else (h, _folded(stats, pre))
@@ -287,8 +285,7 @@ class LeanModel(nn.Module):
         side by side (Phi-3's qkv_proj already is), each one's bias added after the sum, as _project adds it."""
         projections = (a.qkv_proj,) if self.kind == "phi3" else (a.q_proj, a.k_proj, a.v_proj)
         weights = [p.weight.t() for p in projections]  # [hidden, width] views of nn.Linear's own
-        parts = skinny.partials(x, weights[0], self.pdl, self.skinny_max_splits, self.skinny_fp32, norm,
-                                stacked=tuple(weights[1:]))
+        parts = skinny.partials(x, weights[0], norm=norm, stacked=tuple(weights[1:]), **self._skinny_options())
         y = parts.sum(0).to(x.dtype)
         widths = [self.n_head * self.head_dim] + [self.n_kv_head * self.head_dim] * 2
         biases = [p.bias for p in projections]
@@ -311,8 +308,11 @@ class LeanModel(nn.Module):
         if not skinny.available(rows, self.skinny_max_rows, self.skinny_min_rows):
             return None
         # GPT-2's Conv1D keeps its weight [in, out], nn.Linear [out, in]: a view, [in, out] either way
-        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), self.pdl,
-                               self.skinny_max_splits, self.skinny_fp32)
+        return skinny.partials(rows, proj.weight if self.kind == "gpt2" else proj.weight.t(), **self._skinny_options())
+
+    def _skinny_options(self) -> dict[str, object]:
+        """How skinny.py's and epilogue.py's GEMMs run here: PDL, the slab cap, fp32's products."""
+        return {"pdl": self.pdl, "max_splits": self.skinny_max_splits, "fp32": self.skinny_fp32}
 
     def _project(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """proj(x) for GPT-2's Conv1D or nn.Linear, same weights."""

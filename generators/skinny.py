@@ -242,7 +242,10 @@ class Norm(NamedTuple):
         return None if stats is None else Norm(stats, weight, bias, eps, rms)
 
 
-NO_NORM = (None, None, None, 0.0, False)  # a custom op's flat norm arguments where there is none
+def flat_norm(norm: Norm | tuple | None) -> tuple:
+    """A custom op's flat norm arguments (stats, weight, bias, eps, rms); a plain (stats, weight, bias, eps) is a
+    LayerNorm's."""
+    return (None, None, None, 0.0, False) if norm is None else tuple(Norm(*norm))
 
 
 def norm_args(x: torch.Tensor, norm: Norm | None) -> tuple:
@@ -340,5 +343,4 @@ def partials(x: torch.Tensor, w: torch.Tensor, pdl: bool = False, max_splits: in
         raise ValueError(f"partials: stacked must be two weights [{w.shape[0]}, N] with w's strides "
                          f"{list(w.stride())} and dtype {w.dtype}, got "
                          f"{[(list(t.shape), list(t.stride()), t.dtype) for t in stacked]}")
-    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits, *(Norm(*norm) if norm else NO_NORM),
-                           *(stacked or (None, None)))
+    return skinny_partials(x, w, matmul_precision(fp32), pdl, max_splits, *flat_norm(norm), *(stacked or (None, None)))
